@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from musicssl.config import ConfigError
+
+if TYPE_CHECKING:
+    from musicssl.sweep.spec import Sweep
 
 
 def demo_sweep_path() -> Path:
@@ -24,17 +29,16 @@ def demo_sweep_path() -> Path:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from musicssl.sweep.spec import load_sweep
+    from musicssl.sweep.checks import load_checked
     from musicssl.sweep.tune import default_state_dir, run_sweep
 
-    sweep = load_sweep(args.file, args.overrides)  # fails here, before Ray or MLflow start
-    if args.check:
-        print(f"{args.file}: OK, {len(sweep.trials)} trials")
-        for t in sweep.trials:
-            print(f"  {t.key}  {t.variant}  seed={t.seed}")
-        return 0
     state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
-    report = Path(args.report) if args.report else Path("dashboards") / f"{sweep.cfg.name}.html"
+    # every problem of every stage fails here, before Ray, data preparation or MLflow start
+    sweep = load_checked(args.file, args.overrides, smoke=args.smoke, state_dir=state_dir)
+    if args.check:
+        print(describe(sweep))
+        return 0
+    report = Path(args.report) if args.report else default_report(sweep.cfg.name, state_dir)
     t0 = time.perf_counter()
     result = run_sweep(sweep, state_dir, report_path=report.resolve(), num_cpus=args.num_cpus)
     minutes = (time.perf_counter() - t0) / 60
@@ -42,12 +46,41 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
           f"trials finished in {minutes:.1f} min")
     for err in result.errors:
         print(f"  FAILED {err}")
+    for err in result.probe_failures:
+        print(f"  PROBE FAILED {err}")
     print(f"  MLflow store : {result.tracking_uri}  (parent run {result.parent_run_id})")
     if result.tracking_uri.startswith("sqlite:"):
         print(f"  MLflow UI    : mlflow ui --backend-store-uri {result.tracking_uri}")
     print(f"  dashboard    : {result.report}")
     print(f"  checkpoints  : {result.trials_dir}")
-    return 1 if result.errors else 0
+    return 1 if result.errors or result.probe_failures else 0
+
+
+def default_report(name: str, state_dir: Path) -> Path:
+    """`dashboards/<name>.html` in a checkout; under `ray job submit` (a temporary copy of the working directory)
+    the state folder's `dashboards/`, so the report outlives the job."""
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or not Path("dashboards").is_dir():  # set for `ray job submit`
+        return state_dir / "dashboards" / f"{name}.html"
+    return Path("dashboards") / f"{name}.html"
+
+
+def describe(sweep: Sweep) -> str:
+    """What `--check` prints: the trials, their variants and the probe schedule."""
+    cfg = sweep.cfg
+    variants = len({t.variant for t in sweep.trials})
+    lines = [f"{sweep.source}: OK{' (--smoke)' if sweep.smoke else ''}, {len(sweep.trials)} trials "
+             f"({variants} variants x {len(cfg.seeds)} seeds), sweep name {cfg.name!r}"]
+    for t in sweep.trials:
+        what = f"checkpoint {t.checkpoint}" if t.checkpoint else f"{t.experiment.pretrain.max_steps} steps"
+        mark = "  (baseline)" if t.baseline else ""
+        lines.append(f"  {t.key}  {t.variant}  seed={t.seed}  {what}, probed at {list(t.probe_steps) or 'import'}{mark}")
+    tasks = sweep.trials[0].experiment.probe.tasks if sweep.trials else ()
+    lines.append(f"  probe tasks: {', '.join(tasks)}; jobs of {cfg.probe.cpus:g} CPU / {cfg.probe.gpus:g} GPU, "
+                 f"at most {cfg.probe.max_concurrent} at once, {cfg.probe.max_retries} retries")
+    if cfg.scheduler.type != "none":
+        lines.append(f"  scheduler: {cfg.scheduler.type} on {cfg.scheduler.metric}, grace {cfg.scheduler.grace_steps} "
+                     f"steps, reduction factor {cfg.scheduler.reduction_factor:g}")
+    return "\n".join(lines)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -210,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--state-dir", help="state folder (corpus, MLflow DB, checkpoints); default ./.musicssl")
         sp.add_argument("--report", help="dashboard HTML path; default dashboards/<sweep name>.html")
         sp.add_argument("--num-cpus", type=int, help="CPUs for in-process Ray (default: all)")
+        sp.add_argument("--smoke", action="store_true",
+                        help="shrink the sweep to a CPU run of a few minutes (tiny model, synthetic corpus and "
+                             "stand-in tasks, few steps), keeping its variants, grid and seeds")
         sp.add_argument("overrides", nargs="*", help="sweep-file overrides, e.g. base.pretrain.max_steps=50")
 
     d = sub.add_parser("demo", help="run sweeps/demo.yaml on the synthetic corpus (the main job)")
@@ -217,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
     s = sub.add_parser("sweep", help="run a sweep file through Ray Tune, tracked in MLflow")
     s.add_argument("file", help="sweep YAML, e.g. sweeps/music2vec_mask.yaml")
-    s.add_argument("--check", action="store_true", help="validate and list the trials, run nothing")
+    s.add_argument("--check", action="store_true", help="validate everything and list the trials, run nothing")
     sweep_options(s)
     s.set_defaults(func=_cmd_sweep)
     b = sub.add_parser("dashboard", help="(re)build a sweep's HTML dashboard from MLflow")

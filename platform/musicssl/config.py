@@ -368,10 +368,36 @@ def parse_overrides(items: Iterable[str], source: str = "command line") -> dict[
         if not sep or not key:
             problems.append(f"{item!r}: expected KEY=VALUE with a dotted key, e.g. model.mask_prob=0.8")
             continue
-        out = set_dotted(out, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:  # `seeds=[0,` : a problem line, not a traceback
+            problems.append(f"{item!r}: the value is not valid YAML ({getattr(exc, 'problem', None) or exc})")
+            continue
+        out = set_dotted(out, key.strip(), value)
     if problems:
         raise ConfigError(source, problems)
     return out
+
+
+def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[str]:
+    """`dotted.path: duplicate key (lines a and b)` for every key a YAML mapping repeats (YAML keeps the last)."""
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            here = f"{path}.{key}" if path else key
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                problems.append(f"{here}: duplicate key (lines {seen[key]} and {line}); YAML would silently keep "
+                                "the last value only")
+            else:
+                seen[key] = line
+            problems += duplicate_keys(value_node, here)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += duplicate_keys(item, f"{path}[{i}]")
+    return problems
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -380,11 +406,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(str(path), ["file not found" + (" (it is a directory)" if path.is_dir() else "")])
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        duplicates = duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(str(path), [f"malformed YAML: {where}{getattr(exc, 'problem', exc)}"]) from None
+    if duplicates:
+        raise ConfigError(str(path), duplicates)
     if data is None:
         return {}
     if not isinstance(data, dict):

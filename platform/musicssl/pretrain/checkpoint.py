@@ -90,11 +90,51 @@ def save_checkpoint(run_dir: Path, cfg: ExperimentConfig, model: nn.Module, enco
     if score is not None and math.isfinite(score) and (best is None or score < best["score"]):
         best = {"name": final.name, "step": state.step, "score": score}
         _atomic_write_text(root / "best.json", json.dumps(best))
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
-        if old.name == (best or {}).get("name"):
-            continue
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(run_dir, keep_last)
     return final
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> list[str]:
+    """Delete checkpoints beyond the newest `keep_last`, keeping the best and every pinned one; return the deleted."""
+    root = run_dir / "checkpoints"
+    best = json.loads((root / "best.json").read_text())["name"] if (root / "best.json").exists() else None
+    keep = set(pins(root)) | {best}
+    deleted = []
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+            deleted.append(old.name)
+    return deleted
+
+
+PIN_DIR = "pins"
+
+
+def pin_checkpoint(checkpoint: Path, holder: str, payload: dict[str, Any]) -> Path:
+    """Keep `checkpoint` on disk until `holder` (e.g. a pending probe job) unpins it; `payload` is kept with the pin
+    (a probe job's spec, so an interrupted sweep can submit it again)."""
+    folder = checkpoint.parent / PIN_DIR
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{checkpoint.name}--{holder}.json"
+    _atomic_write_text(path, json.dumps(payload))
+    return path
+
+
+def unpin_checkpoint(checkpoint: Path, holder: str) -> None:
+    """Release `holder`'s pin (missing pins are fine: a retried job may unpin twice)."""
+    (checkpoint.parent / PIN_DIR / f"{checkpoint.name}--{holder}.json").unlink(missing_ok=True)
+
+
+def pins(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Pinned checkpoints of a `checkpoints/` folder: checkpoint name -> the payloads of its pins."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((root / PIN_DIR).glob("*--*.json")):
+        name = path.name.split("--", 1)[0]
+        try:
+            out.setdefault(name, []).append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):  # a pin is kept even if its payload is unreadable
+            out.setdefault(name, [])
+    return out
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:

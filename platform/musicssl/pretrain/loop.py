@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -66,12 +66,14 @@ def read_checked_labels(path: Path, manifest: Manifest, cfg: MusicHubertConfig) 
 
 def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: MetricSink | None = None,
              on_checkpoint: Callable[[Path, int, dict[str, float]], None] | None = None,
-             labels: Path | None = None, dist: DistContext | None = None) -> Path:
+             labels: Path | None = None, dist: DistContext | None = None,
+             extra_checkpoints: Collection[int] = ()) -> Path:
     """Train (or continue from `run_dir`'s latest checkpoint) to `cfg.pretrain.max_steps`; return the final checkpoint.
 
     MusicHuBERT reads its k-means labels from `labels` (or `cfg.data.labels`), checked against the manifest.
     With `dist` (a data-parallel worker, e.g. under Ray Train), every rank trains on its shard of the batches;
     gradients and masked-frame counts are summed over ranks before the update; rank 0 logs and writes checkpoints.
+    `extra_checkpoints`: steps that get a checkpoint besides every `checkpoint_every` (e.g. a probe schedule).
     """
     pcfg = cfg.pretrain
     dist = dist or DistContext()
@@ -138,7 +140,7 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
             metrics = window.flush() | {"lr": optimizer.param_groups[0]["lr"], "skipped_updates": skipped,
                                         "peak_mem_mb": _peak_memory_mb(device)}
             sink.log({f"pretrain/{k}": v for k, v in metrics.items()}, step)
-        if step % pcfg.checkpoint_every == 0 or last:
+        if step % pcfg.checkpoint_every == 0 or last or step in extra_checkpoints:
             if dist.rank == 0:
                 rng = {"torch": torch.get_rng_state(), "mask": mask_rng.get_state()}
                 state = TrainState(step, position.epoch, position.index, {"skipped_updates": skipped})

@@ -44,6 +44,12 @@ def prepare(exp: ExperimentConfig, state_dir: Path, echo: Callable[[str], object
     return PreparedData(manifest, corpus, labels)
 
 
+def prepare_probe_only(exp: ExperimentConfig, state_dir: Path) -> PreparedData:
+    """A probe-only trial (an imported checkpoint) needs only the corpus, for the synthetic probe tasks."""
+    corpus = generate_corpus(exp.data.synthetic, state_dir / "corpus")
+    return PreparedData(corpus / "pretrain" / "train.tsv", corpus, None)
+
+
 def mfcc_featurizer(num_ceps: int) -> Callable[[np.ndarray], np.ndarray]:
     """Waveform -> (frames, 3 * num_ceps) MFCC + deltas at 100 Hz (39 or 60 dims)."""
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from musicssl.config import ProbeConfig
 from musicssl.data.audio import SAMPLE_RATE, read_audio
 from musicssl.models.encoder import SSLEncoder
-from musicssl.probe.features import cache_key
+from musicssl.probe.features import cache_key, cache_lock
 from musicssl.probe.heads import LayerWeightedMLP, select_states
 from musicssl.probe.run import Selection, TaskResult, task_settings
 from musicssl.probe.tasks import SPLITS, Example, TaskSpec
@@ -337,6 +337,14 @@ def cached_frames(
     """
     final, partial = cache_dir / f"{key}.frames", cache_dir / f"{key}.frames.partial"
     if not final.is_dir():
+        with cache_lock(cache_dir, key):
+            _fill_frames(final, partial, paths, compute, group, desc)
+    return [np.load(final / f"{i:05d}.npy", mmap_mode="r") for i in range(len(paths))]
+
+
+def _fill_frames(final: Path, partial: Path, paths: Sequence[Path], compute: Callable[[Sequence[Path]], list[np.ndarray]],
+                 group: int, desc: str) -> None:
+    if not final.is_dir():  # another worker may have finished while this one waited for the lock
         partial.mkdir(parents=True, exist_ok=True)
         todo = [i for i in range(len(paths)) if not (partial / f"{i:05d}.npy").exists()]
         with tqdm(
@@ -355,7 +363,6 @@ def cached_frames(
             if not final.is_dir():  # not a concurrent writer that finished first
                 raise
             shutil.rmtree(partial, ignore_errors=True)
-    return [np.load(final / f"{i:05d}.npy", mmap_mode="r") for i in range(len(paths))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,7 +468,8 @@ def train_beat_probe(
             break
     selection.restore_best()
     test = _evaluate(head, frames, beats, np.flatnonzero(splits == 2), fps, mu, sd, device, tolerance)
-    return TaskResult(task.name, test, task.score(test), float(selection.best), selection.epochs)
+    return TaskResult(task.name, test, task.score(test), float(selection.best), selection.epochs,
+                      layer_weights=head.weights_by_state())
 
 
 def _frames(

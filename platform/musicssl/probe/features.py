@@ -8,10 +8,12 @@ content hash plus the extraction settings, so a changed checkpoint never reuses 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,17 +81,35 @@ def cache_key(encoder_sha256: str, task: str, paths: list[Path], window_seconds:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+@contextlib.contextmanager
+def cache_lock(cache_dir: Path, key: str) -> Iterator[None]:
+    """Hold an exclusive lock on cache entry `key` (probe jobs and Optuna trials of one checkpoint run at once:
+    the first extracts, the others wait and then read its result). `flock`, released if the holder dies; every
+    waiter checks the entry again once it holds the lock, so removing the lock file when done is safe."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{key}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+            path.unlink(missing_ok=True)  # the entry is complete: a later comer sees it before it needs the lock
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cached_extract(cache_dir: Path, key: str, compute: Callable[[], Features]) -> Features:
-    """Load features for `key` from `cache_dir`, or compute and store them atomically."""
+    """Load features for `key` from `cache_dir`, or compute and store them atomically (once, under a lock)."""
     x_path, c_path = cache_dir / f"{key}.x.npy", cache_dir / f"{key}.clip.npy"
     if x_path.exists() and c_path.exists():
         return Features(np.load(x_path, mmap_mode="r"), np.load(c_path))
-    feats = compute()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    for path, arr in ((c_path, feats.clip), (x_path, feats.x)):  # x last: its presence marks completion
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, path)
+    with cache_lock(cache_dir, key):
+        if x_path.exists() and c_path.exists():  # another worker extracted them while this one waited
+            return Features(np.load(x_path, mmap_mode="r"), np.load(c_path))
+        feats = compute()
+        for path, arr in ((c_path, feats.clip), (x_path, feats.x)):  # x last: its presence marks completion
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, path)
     return feats
 
 

@@ -30,3 +30,8 @@ class LayerWeightedMLP(nn.Module):
         w = torch.softmax(self.layer_weights, 0)  # (S,)
         pooled = torch.einsum("bsd,s->bd", x[:, self.states], w)  # (B, D)
         return self.mlp(pooled)
+
+    def weights_by_state(self) -> dict[int, float]:
+        """The softmax layer weights, keyed by the hidden-state index each one weighs."""
+        w = torch.softmax(self.layer_weights.detach().float().cpu(), 0)
+        return {int(s): float(v) for s, v in zip(self.states.tolist(), w.tolist(), strict=True)}

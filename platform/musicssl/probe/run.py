@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ class TaskResult:
     epochs: int
     ensemble: str = "mean_logit"
     """How window outputs were combined per clip (chosen on validation for tasks with `ensemble`)."""
+    layer_weights: dict[int, float] = field(default_factory=dict)
+    """The learned softmax weight of each hidden state the probe read (state index -> weight)."""
 
 
 ENSEMBLES = ("mean_logit", "mean_prob", "max_logit", "vote")
@@ -81,21 +83,28 @@ def probe_checkpoint(checkpoint: Path, cfg: ProbeConfig, *, synthetic_root: Path
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder, digest, normalize = load_encoder(checkpoint)
-    results = {}
-    for name in cfg.tasks:
-        task = get_task(name)
-        if task.kind == "beat":  # frame-level features and probe; beat.py imports this module, hence the late import
-            from musicssl.probe.beat import probe_beat
-            results[name] = probe_beat(encoder, digest, normalize, task, cfg, synthetic_root=synthetic_root,
-                                       cache_dir=cache_dir, data_roots=data_roots, device=device,
-                                       tolerance=cfg.beat_tolerance)
-            log.info("probe %s: %s", name, results[name].test)
-            continue
+    results = {name: probe_task(encoder, digest, normalize, name, cfg, synthetic_root=synthetic_root,
+                                cache_dir=cache_dir, data_roots=data_roots, device=device) for name in cfg.tasks}
+    return results, average_score({k: r.score for k, r in results.items()})
+
+
+def probe_task(encoder: SSLEncoder, digest: str, normalize: bool, name: str, cfg: ProbeConfig, *,
+               synthetic_root: Path | None, cache_dir: Path, data_roots: dict[str, Path] | None = None,
+               device: torch.device, on_epoch: Callable[[int, float], None] | None = None) -> TaskResult:
+    """One task on a loaded frozen encoder: its features (cached), its probe, its test metrics."""
+    task = get_task(name)
+    if task.kind == "beat":  # frame-level features and probe; beat.py imports this module, hence the late import
+        from musicssl.probe.beat import probe_beat
+
+        result = probe_beat(encoder, digest, normalize, task, cfg, synthetic_root=synthetic_root,
+                            cache_dir=cache_dir, data_roots=data_roots, device=device,
+                            tolerance=cfg.beat_tolerance, on_epoch=on_epoch)
+    else:
         feats, targets, splits = task_features(encoder, digest, normalize, task, cfg, synthetic_root=synthetic_root,
                                                cache_dir=cache_dir, data_roots=data_roots, device=device)
-        results[name] = train_probe(task, feats, targets, splits, cfg, device)
-        log.info("probe %s: %s", name, results[name].test)
-    return results, average_score({k: r.score for k, r in results.items()})
+        result = train_probe(task, feats, targets, splits, cfg, device, on_epoch=on_epoch)
+    log.info("probe %s: %s", name, result.test)
+    return result
 
 
 def load_encoder(checkpoint: Path) -> tuple[SSLEncoder, str, bool]:
@@ -179,7 +188,8 @@ def train_probe(task: TaskSpec, feats: Features, targets: np.ndarray, splits: np
                  for s in ENSEMBLES}
         strategy = max(ENSEMBLES, key=lambda s: valid[s])
     test = _evaluate(task, head, x_all, feats.clip, y_clip, splits, 2, device, strategy)
-    return TaskResult(task.name, test, task.score(test), float(selection.best), selection.epochs, strategy)
+    return TaskResult(task.name, test, task.score(test), float(selection.best), selection.epochs, strategy,
+                      head.weights_by_state())
 
 
 def task_lr(task: TaskSpec, cfg: ProbeConfig) -> float:

@@ -1,8 +1,18 @@
-"""Sweep files: a base experiment (overrides only), a grid of ablation factors, seeds, resources.
+"""Sweep files: a base experiment, named variants around a baseline, a grid, seeds, a probe schedule, a scheduler.
 
-`load_sweep` validates everything before anything starts: the file's own keys, the base experiment, every
-grid key (a dotted path of the experiment config) and every grid value, then every combination. All
-problems are reported at once with their dotted paths.
+A paper table is a set of one-factor changes around a baseline; that is what `variants` say:
+
+    baseline: vanilla
+    variants:
+      vanilla: {}                            # the baseline: no changes
+      span5: {model.mask_length: 5}
+      prob50: {model.mask_prob: 0.5}
+
+Variants combine with the `grid` (cartesian) and the `seeds`. `load_sweep` reads the file, applies `--smoke`
+(sweep/smoke.py) and the command-line overrides (the same dotted syntax: `grid.model.mask_prob=[0.5]`,
+`variants.span5.model.mask_length=7`, `variants.span5=null` drops a variant), validates everything and expands
+the trials; `sweep/checks.py` then checks what the trials would only find out later (tasks, dataset roots,
+manifests, layer counts, ...). All problems are reported at once with their dotted paths.
 """
 
 from __future__ import annotations
@@ -11,12 +21,15 @@ import difflib
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+import yaml
+from pydantic import Field, ValidationError, field_validator
 
 from musicssl.config import (
     ConfigError,
@@ -24,12 +37,15 @@ from musicssl.config import (
     _Cfg,
     deep_merge,
     dotted_paths,
+    flatten,
     format_errors,
     load_yaml,
     parse,
     parse_overrides,
     set_dotted,
 )
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_+-]*$"
 
 
 class ResourcesConfig(_Cfg):
@@ -56,36 +72,113 @@ class TrackingConfig(_Cfg):
     """MLflow experiment name."""
 
 
+class ProbeScheduleConfig(_Cfg):
+    """Which checkpoints are probed, on which tasks, and how the probe jobs are scheduled on Ray.
+
+    Every checkpoint on the schedule (and always the final one) becomes one probe job per task: a Ray task with
+    its own resources, outside the trial's reservation, so pretraining never waits for a probe.
+    """
+
+    tasks: tuple[str, ...] | None = None
+    """Probe tasks by registry name; None = base.probe.tasks. Real tasks need `probe.data_roots.<task>`."""
+    data_roots: dict[str, str] = {}
+    """Dataset root per real task, e.g. `probe.data_roots.gtzan_genre=/data/GTZAN` (merged over base.probe.data_roots)."""
+    every_steps: int | None = Field(None, ge=1)
+    """Probe every this many pretraining steps (a checkpoint is written at each); None = only `at_steps` + final."""
+    at_steps: tuple[int, ...] = ()
+    """Probe at these pretraining steps as well (steps past a trial's max_steps are skipped for that trial)."""
+    cpus: float = Field(1.0, gt=0)
+    """CPUs per probe job (also its torch thread count)."""
+    gpus: float = Field(0.0, ge=0)
+    """GPUs per probe job; fractions share a GPU (e.g. 0.25: four probes on one GPU)."""
+    max_concurrent: int = Field(4, ge=1)
+    """Probe jobs running at once, over the whole sweep."""
+    max_retries: int = Field(2, ge=0)
+    """Retries of a failed probe job (an error, or its node lost); it never fails its trial."""
+
+    @field_validator("at_steps")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [s for s in v if s < 1]
+        if bad:
+            raise ValueError(f"steps must be >= 1, got {bad}")
+        return tuple(sorted(set(v)))
+
+
+class SchedulerConfig(_Cfg):
+    """Early stopping of trials (Ray Tune's ASHA) on probe results, which arrive while the trials train."""
+
+    type: Literal["none", "asha"] = "none"
+    """`none` = every trial runs to the end; `asha` = asynchronous successive halving on `metric`."""
+    metric: str = "average"
+    """`average` (the paper's Average column over the probe tasks) or one probe task's score."""
+    grace_steps: int = Field(1, ge=1)
+    """Pretraining steps before a trial can be stopped."""
+    reduction_factor: float = Field(2.0, gt=1)
+    """ASHA's reduction factor: 1/reduction_factor of the trials go on at each rung."""
+
+
+class LabelModelRef(_Cfg):
+    """MusicHuBERT iteration 2: the iteration-1 checkpoint to cluster, named by sweep, variant, seed and step."""
+
+    sweep: str = Field(pattern=NAME_PATTERN)
+    """Name of the iteration-1 sweep (run in the same state folder)."""
+    variant: str
+    """Variant of that sweep (e.g. its baseline)."""
+    seed: int = 0
+    """Seed of that variant's trial."""
+    step: int | Literal["final"] = "final"
+    """Pretraining step of the checkpoint, or `final`."""
+
+
 class SweepConfig(_Cfg):
     """A sweep file."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
     """Sweep name: names the Ray experiment, the MLflow parent run and the report."""
     description: str = ""
     """What the sweep asks (shown in the report)."""
     base: dict[str, Any] = {}
     """Experiment overrides shared by every trial (dotted structure of ExperimentConfig)."""
+    variants: dict[str, dict[str, Any]] = {}
+    """Named changes from `base` (dotted keys -> values); the baseline has none. Empty = one implicit variant."""
+    baseline: str | None = None
+    """The variant every other one is compared with (it must change nothing); required with `variants`."""
     grid: dict[str, list[Any]] = {}
-    """Ablation factors: dotted experiment key -> list of values; trials = the cartesian product x seeds."""
+    """Ablation factors: dotted experiment key -> list of values; combined with every variant (cartesian)."""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    """Pretraining seeds; each grid point runs once per seed."""
+    """Pretraining seeds; each variant x grid point runs once per seed."""
+    checkpoints: dict[str, str | None] = {}
+    """Probe-only sweep: imported checkpoints by name (Hugging Face folder or fairseq .pt path); no pretraining."""
+    label_model: LabelModelRef | None = None
+    """MusicHuBERT iteration 2: sets base.model.hubert.label_model to this iteration-1 checkpoint."""
+    probe: ProbeScheduleConfig = ProbeScheduleConfig()
+    """Probe schedule and probe-job resources."""
+    scheduler: SchedulerConfig = SchedulerConfig()
+    """Early stopping on probe results."""
     resources: ResourcesConfig = ResourcesConfig()
     """Per-trial resources."""
     tracking: TrackingConfig = TrackingConfig()
     """MLflow target."""
     max_failures: int = Field(1, ge=0)
     """Retries of a failed trial from its latest checkpoint."""
+    smoke: dict[str, Any] = {}
+    """Extra overrides of this file applied only under `--smoke` (after the generic shrinking)."""
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One pretraining run of the sweep."""
+    """One pretraining run (or, in a probe-only sweep, one imported checkpoint) of the sweep."""
 
-    variant: str  # human label of the grid point, e.g. "mask_prob=0.5"
+    variant: str  # label of the variant x grid point, e.g. "span5" or "vanilla, mask_prob=0.5"
     cell: str  # hash of the experiment config without the seed
     seed: int
     factors: dict[str, Any]
     experiment: ExperimentConfig
+    variant_name: str = ""  # the `variants` entry (empty without variants)
+    baseline: bool = False
+    checkpoint: str | None = None  # probe-only sweeps: the imported checkpoint
+    probe_steps: tuple[int, ...] = ()  # checkpoints probed besides the final one
 
     @property
     def key(self) -> str:
@@ -95,67 +188,249 @@ class Trial:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A validated sweep: its config, source file and expanded trials."""
+    """A validated sweep: its config, source file, expanded trials and the data they came from."""
 
     cfg: SweepConfig
     source: str
     trials: list[Trial]
+    smoke: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)  # the resolved sweep file (after smoke and overrides)
+
+    @property
+    def factors(self) -> list[str]:
+        """Dotted keys the sweep varies: every key a variant changes, then the grid axes."""
+        keys = [k for changes in self.cfg.variants.values() for k in changes]
+        return list(dict.fromkeys([*keys, *self.cfg.grid]))
 
 
-def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
-    """Read, validate and expand a sweep file; raise `ConfigError` listing every problem."""
+def load_sweep(path: str | Path, overrides: Iterable[str] = (), *, smoke: bool = False,
+               state_dir: Path | None = None) -> Sweep:
+    """Read, (shrink,) override, validate and expand a sweep file; raise `ConfigError` listing every problem.
+
+    `state_dir` is where a `label_model` reference of an earlier sweep is looked up (MusicHuBERT iteration 2).
+    """
     source = str(path)
-    data = deep_merge(load_yaml(path), parse_overrides(overrides))
-    cfg = parse(SweepConfig, data, source)
+    data = load_yaml(path)
+    if smoke:
+        from musicssl.sweep.smoke import shrink
+
+        given = flatten(apply_overrides({}, overrides))  # dataset roots on the command line keep their real tasks
+        roots = {k.rsplit(".", 1)[1]: v for k, v in given.items()
+                 if k.startswith(("probe.data_roots.", "base.probe.data_roots."))}
+        data = shrink(data, source, roots)
+    data = apply_overrides(data, overrides)
+    if isinstance(data.get("variants"), Mapping):  # `vanilla:` with nothing after it is the empty change set
+        data["variants"] = {k: {} if v is None else v for k, v in data["variants"].items()}
+    problems = non_finite(data)
+    cfg = parse_or_collect(data, source, problems)
+    data["variants"] = {k: flatten(v) for k, v in (data.get("variants") or {}).items()}
+    cfg = cfg.model_copy(update={"variants": data["variants"]})
+    if cfg.label_model is not None:
+        from musicssl.sweep.stages import resolve_label_model
+
+        path_or_problem = resolve_label_model(cfg.label_model, state_dir)
+        if path_or_problem.startswith("label_model"):
+            problems.append(path_or_problem)
+            path_or_problem = f"{cfg.label_model.sweep}/{cfg.label_model.variant} (not found)"
+        cfg = cfg.model_copy(update={"base": set_dotted(cfg.base, "model.hubert.label_model", path_or_problem)})
+    problems += _check_structure(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    trials = expand(cfg, source)
+    return Sweep(cfg, source, trials, smoke, data)
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Command-line `KEY=VALUE` overrides in the file's own syntax.
+
+    `grid.<dotted key>=[...]` sets a grid axis (`=null` drops it); `variants.<name>.<dotted key>=value` sets one
+    change of a variant, `variants.<name>={}` adds a variant, `variants.<name>=null` drops one; everything else
+    is a nested dotted path (`base.pretrain.max_steps=50`, `probe.every_steps=100`, `seeds=[0,1,2]`).
+    """
+    out = dict(data)
+    plain, bad = [], []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        head, _, rest = key.strip().partition(".")
+        if not sep or head not in ("grid", "variants") or not rest:
+            plain.append(item)
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            bad.append(f"{item!r}: the value is not valid YAML ({getattr(exc, 'problem', None) or exc})")
+            continue
+        section = dict(out[head]) if isinstance(out.get(head), Mapping) else {}
+        if head == "grid":
+            _set_or_drop(section, rest, value)
+        else:
+            name, _, change = rest.partition(".")
+            if not change:
+                _set_or_drop(section, name, value)
+            else:
+                current = section.get(name)
+                changes = dict(flatten(current)) if isinstance(current, Mapping) else {}
+                changes[change] = value
+                section[name] = changes
+        out[head] = section
+    try:
+        merged = parse_overrides(plain)
+    except ConfigError as exc:
+        bad += exc.problems
+    if bad:
+        raise ConfigError("command line", bad)
+    return deep_merge(out, merged)
+
+
+def _set_or_drop(section: dict[str, Any], key: str, value: Any) -> None:
+    if value is None:
+        section.pop(key, None)
+    else:
+        section[key] = value
+
+
+def non_finite(data: Any, path: str = "") -> list[str]:
+    """`path: must be a finite number, got nan` for every NaN or infinity anywhere in `data`."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [f"{path or '(top level)'}: must be a finite number, got {data}"]
+    if isinstance(data, Mapping):
+        return [p for k, v in data.items() for p in non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(data, (list, tuple)):
+        return [p for i, v in enumerate(data) for p in non_finite(v, f"{path}[{i}]")]
+    return []
+
+
+def parse_or_collect(data: dict[str, Any], source: str, problems: list[str]) -> SweepConfig:
+    """`SweepConfig` of `data`; its problems plus `problems` are raised together."""
+    try:
+        cfg = parse(SweepConfig, data, source)
+    except ConfigError as exc:
+        raise ConfigError(source, problems + exc.problems) from None
+    return cfg
+
+
+def _check_structure(cfg: SweepConfig) -> list[str]:
+    """Keys and values of base, variants and grid against ExperimentConfig; baseline; probe-only sweeps."""
     problems: list[str] = []
     try:
         ExperimentConfig.model_validate(cfg.base)
     except ValidationError as exc:
         problems += format_errors(ExperimentConfig, exc, "base")
     known = dotted_paths(ExperimentConfig)
-    for key, values in cfg.grid.items():
-        if key not in known:
-            hint = difflib.get_close_matches(key, list(known), n=1)
-            problems.append(f"grid.{key}: unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-            continue
-        if not values:
-            problems.append(f"grid.{key}: needs at least one value")
-        for i, value in enumerate(values):
-            try:
-                ExperimentConfig.model_validate(set_dotted(cfg.base, key, value))
-            except ValidationError as exc:
-                own = [p for p in format_errors(ExperimentConfig, exc) if p.startswith(key + ":")]
-                problems += [f"grid.{key}[{i}]: " + p.removeprefix(key + ": ") for p in own]
-    if problems:
-        raise ConfigError(source, problems)
-    trials = expand(cfg, source)
-    return Sweep(cfg, source, trials)
+    sections = [(f"variants.{name}", changes, False) for name, changes in cfg.variants.items()]
+    sections.append(("grid", cfg.grid, True))
+    for prefix, section, is_grid in sections:
+        for key, values in section.items():
+            if not _known_key(key, known):
+                hint = difflib.get_close_matches(key, list(known), n=1)
+                problems.append(f"{prefix}.{key}: unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                continue
+            if is_grid and not values:
+                problems.append(f"grid.{key}: needs at least one value")
+            for label, value in (enumerate(values) if is_grid else [(None, values)]):
+                where = f"{prefix}.{key}" + (f"[{label}]" if label is not None else "")
+                try:
+                    ExperimentConfig.model_validate(set_dotted(cfg.base, key, value))
+                except ValidationError as exc:
+                    own = [p for p in format_errors(ExperimentConfig, exc) if p.startswith(key + ":")]
+                    problems += [f"{where}: " + p.removeprefix(key + ": ") for p in own]
+    if cfg.variants:
+        if cfg.baseline is None:
+            empty = [n for n, c in cfg.variants.items() if not c]
+            problems.append("baseline: name the variant every other one is compared with"
+                            + (f" (e.g. baseline: {empty[0]})" if empty else " (a variant with no changes: {})"))
+        elif cfg.baseline not in cfg.variants:
+            hint = difflib.get_close_matches(cfg.baseline, list(cfg.variants), n=1)
+            problems.append(f"baseline: {cfg.baseline!r} is not a variant"
+                            + (f" (did you mean {hint[0]!r}?)" if hint else f"; variants: {', '.join(cfg.variants)}"))
+        elif cfg.variants[cfg.baseline]:
+            problems.append(f"variants.{cfg.baseline}: the baseline changes nothing, got {cfg.variants[cfg.baseline]}; "
+                            "move the change to base or to another variant")
+        problems += [f"variants.{n}: a variant name is letters, digits, '_', '+' or '-'"
+                     for n in cfg.variants if not re.match(NAME_PATTERN, n)]
+    elif cfg.baseline is not None:
+        problems.append(f"baseline: {cfg.baseline!r} names a variant, but the sweep has no variants")
+    if cfg.checkpoints and (cfg.variants or cfg.grid):  # a null path is asked for by checks.py, with the roots
+        problems.append("checkpoints: a probe-only sweep probes imported checkpoints; it has no variants or grid")
+    return problems
+
+
+def _known_key(key: str, known: Mapping[str, Any]) -> bool:
+    """A leaf of ExperimentConfig, or an entry of a dict-valued field (`probe.data_roots.mtt`)."""
+    if key in known:
+        return True
+    head = key.rsplit(".", 1)[0]
+    return head in known and "dict" in str(known[head])
 
 
 def expand(cfg: SweepConfig, source: str) -> list[Trial]:
-    """Grid points x seeds -> trials (combinations are validated too)."""
+    """Variants x grid points x seeds -> trials (every combination is validated too)."""
+    if cfg.checkpoints:
+        return _checkpoint_trials(cfg, source)
+    variants = cfg.variants or {"": {}}
     keys = list(cfg.grid)
-    problems, trials = [], []
     short = {k: k.rsplit(".", 1)[-1] for k in keys}
     if len(set(short.values())) < len(keys):
         short = {k: k for k in keys}
-    for combo in itertools.product(*(cfg.grid[k] for k in keys)):
-        data = cfg.base
-        for key, value in zip(keys, combo, strict=True):
-            data = set_dotted(data, key, value)
-        label = ", ".join(f"{short[k]}={_fmt(v)}" for k, v in zip(keys, combo, strict=True)) or "base"
-        try:
-            exp = ExperimentConfig.model_validate(data)
-        except ValidationError as exc:
-            problems += [f"grid point ({label}): {p}" for p in format_errors(ExperimentConfig, exc)]
-            continue
-        cell = config_hash(exp)
-        for seed in cfg.seeds:
-            trials.append(Trial(label, cell, seed, dict(zip(keys, combo, strict=True)),
-                                exp.model_copy(update={"seed": seed})))
+    problems, trials, cells = [], [], {}
+    for vname, changes in variants.items():
+        for combo in itertools.product(*(cfg.grid[k] for k in keys)):
+            data = cfg.base
+            for key, value in [*changes.items(), *zip(keys, combo, strict=True)]:
+                data = set_dotted(data, key, value)
+            data = _with_probe_schedule(data, cfg.probe)
+            grid_label = ", ".join(f"{short[k]}={_fmt(v)}" for k, v in zip(keys, combo, strict=True))
+            label = ", ".join(p for p in (vname, grid_label) if p) or "base"
+            try:
+                exp = ExperimentConfig.model_validate(data)
+            except ValidationError as exc:
+                problems += [f"{label}: {p}" for p in format_errors(ExperimentConfig, exc)]
+                continue
+            cell = config_hash(exp)
+            if cell in cells:
+                problems.append(f"{label}: the same experiment as {cells[cell]} (two variants or grid points "
+                                "change nothing between them)")
+                continue
+            cells[cell] = label
+            factors = {**changes, **dict(zip(keys, combo, strict=True))}
+            steps = probe_steps(cfg.probe, exp.pretrain.max_steps)
+            for seed in cfg.seeds:
+                trials.append(Trial(label, cell, seed, factors, exp.model_copy(update={"seed": seed}), vname,
+                                    bool(vname) and vname == cfg.baseline, None, steps))
     if problems:
         raise ConfigError(source, problems)
     return trials
+
+
+def _checkpoint_trials(cfg: SweepConfig, source: str) -> list[Trial]:
+    data = _with_probe_schedule(cfg.base, cfg.probe)
+    try:
+        exp = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_errors(ExperimentConfig, exc, "base")) from None
+    trials = []
+    for name, path in cfg.checkpoints.items():
+        cell = hashlib.sha256(f"{name}\n{path}\n{config_hash(exp)}".encode()).hexdigest()[:10]
+        trials.append(Trial(name, cell, 0, {}, exp, name, False, str(path or "")))  # "": checks.py asks for it
+    return trials
+
+
+def _with_probe_schedule(data: Mapping[str, Any], probe: ProbeScheduleConfig) -> dict[str, Any]:
+    """The sweep-level probe tasks and data roots written into an experiment's probe section."""
+    out = dict(data)
+    if probe.tasks is not None:
+        out = set_dotted(out, "probe.tasks", list(probe.tasks))
+    for task, root in probe.data_roots.items():
+        out = set_dotted(out, f"probe.data_roots.{task}", root)
+    return out
+
+
+def probe_steps(probe: ProbeScheduleConfig, max_steps: int) -> tuple[int, ...]:
+    """Pretraining steps whose checkpoints are probed: the schedule up to `max_steps`, and `max_steps` itself."""
+    steps = set(probe.at_steps)
+    if probe.every_steps:
+        steps |= set(range(probe.every_steps, max_steps + 1, probe.every_steps))
+    return tuple(sorted(s for s in steps | {max_steps} if s <= max_steps))
 
 
 def config_hash(exp: ExperimentConfig) -> str:

@@ -1,4 +1,5 @@
-"""One Ray Tune trial: pretrain (resuming if this trial ran before), probe the final checkpoint, log to MLflow.
+"""One Ray Tune trial: pretrain (resuming if this trial ran before), hand each checkpoint on the probe schedule to
+the sweep's probe queue without waiting, report the newest finished probe score to Tune (for ASHA), log to MLflow.
 
 The trial logs to its own MLflow child run, found again by its trial key when Tune retries it, so a
 retried or resumed trial continues its run rather than starting a second one.
@@ -7,6 +8,7 @@ retried or resumed trial continues its run rather than starting a second one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import traceback
@@ -21,13 +23,14 @@ from musicssl.config import ExperimentConfig, flatten
 from musicssl.data.manifest import read_manifest
 from musicssl.pretrain.checkpoint import latest_checkpoint
 from musicssl.pretrain.loop import pretrain
-from musicssl.probe.run import probe_checkpoint
+from musicssl.sweep.probes import job_spec, latest_result, submit_checkpoint
 from musicssl.tracking.mlflow import MlflowSink, find_child_run, log_params, log_tags, start_run
 
 
 def run_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable. `config` = {"trial": {...}, "context": {...}} built by `sweep.tune`."""
     trial, ctx = config["trial"], config["context"]
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one console line per checkpoint is the driver's
     exp = ExperimentConfig.model_validate(trial["experiment"])
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
     client = MlflowClient(ctx["tracking_uri"])
@@ -35,51 +38,96 @@ def run_trial(config: dict[str, Any]) -> None:
     if run_id is None:
         run_id = start_run(client, ctx["experiment_id"], f"{trial['variant']} seed={trial['seed']}",
                            {"musicssl.kind": "trial", "musicssl.variant": trial["variant"],
-                            "musicssl.cell": trial["cell"], "musicssl.seed": str(trial["seed"]),
-                            "musicssl.trial_key": trial["key"], "musicssl.sweep": ctx["sweep"]},
+                            "musicssl.variant_name": trial["variant_name"], "musicssl.cell": trial["cell"],
+                            "musicssl.seed": str(trial["seed"]), "musicssl.trial_key": trial["key"],
+                            "musicssl.sweep": ctx["sweep"], "musicssl.paradigm": exp.model.paradigm,
+                            "musicssl.baseline": str(trial["baseline"]).lower(), **ctx.get("git_tags", {})},
                            parent_run_id=ctx["parent_run_id"])
     else:
         client.update_run(run_id, status="RUNNING")
     log_params(client, run_id, flatten(exp.model_dump(mode="json")))
-    sink = MlflowSink(client, run_id)
     run_dir = Path(ctx["trials_dir"]) / trial["key"]
+    sink = _ReportingSink(MlflowSink(client, run_id), run_dir, ctx["scheduler_metric"])
+    probe_steps = set(trial["probe_steps"])
+
+    def probe(path: Path, step: int) -> None:
+        jobs = [job_spec(ctx, trial, run_id, path, step, task, run_dir) for task in exp.probe.tasks]
+        submit_checkpoint(ctx["probe_queue"], jobs)
+
     try:
+        if trial.get("checkpoint"):  # a probe-only sweep: the imported checkpoint is probed, nothing is trained
+            log_tags(client, run_id, {"musicssl.checkpoint": trial["checkpoint"]})
+            probe(Path(trial["checkpoint"]), 0)
+            client.set_terminated(run_id, "FINISHED")
+            tune.report({"step": 0})
+            return
         _restore_from_tune(run_dir)
 
         def on_checkpoint(path: Path, step: int, metrics: dict[str, float]) -> None:
             sink.flush()
-            tune.report({"step": step, **metrics}, checkpoint=tune.Checkpoint.from_directory(str(path)))
+            if step in probe_steps:
+                probe(path, step)
+            tune.report({"step": step, **metrics, **sink.probe_result()},
+                        checkpoint=tune.Checkpoint.from_directory(str(path)))
 
         manifest = read_manifest(ctx["manifest"])
         labels = Path(ctx["labels"]) if ctx.get("labels") else None
         if labels is not None:
             log_tags(client, run_id, {"musicssl.labels": str(labels)})
         if ctx.get("workers_per_trial", 1) > 1:
-            final = _pretrain_ray_train(exp, run_dir, ctx, run_id, labels, trial["key"])
+            jobs = {"ctx": ctx, "trial": trial, "run_id": run_id}  # rank 0 hands checkpoints to the probe queue
+            final = _pretrain_ray_train(exp, run_dir, ctx, run_id, labels, trial["key"], jobs)
         else:
-            final = pretrain(exp, run_dir, manifest, sink=sink, on_checkpoint=on_checkpoint, labels=labels)
+            final = pretrain(exp, run_dir, manifest, sink=sink, on_checkpoint=on_checkpoint, labels=labels,
+                             extra_checkpoints=probe_steps)
         sink.flush()
-        results, average = probe_checkpoint(final, exp.probe, synthetic_root=Path(ctx["corpus_dir"]),
-                                            cache_dir=Path(ctx["cache_dir"]))
-        metrics = {"probe/average": average}
-        for name, res in results.items():
-            metrics |= {f"probe/{name}/{k}": v for k, v in res.test.items()}
-            metrics |= {f"probe/{name}/score": res.score, f"probe_epochs/{name}": float(res.epochs)}
-        sink.log(metrics, step=exp.pretrain.max_steps)
-        sink.flush()
+        step = json.loads((final / "state.json").read_text())["step"]
+        probe(final, step)  # the final checkpoint is always probed (a repeated job id is ignored by the queue)
         log_tags(client, run_id, {"musicssl.checkpoint": str(final)})
         client.set_terminated(run_id, "FINISHED")
-        tune.report({"step": exp.pretrain.max_steps, "probe_average": average})
     except BaseException as exc:
         sink.flush()
+        if isinstance(exc, _STOPPED):  # ASHA stopped the trial: not an error
+            log_tags(client, run_id, {"musicssl.stopped_early": sink.last_step})
+            client.set_terminated(run_id, "KILLED")
+            raise
         log_tags(client, run_id, {"musicssl.error": f"{type(exc).__name__}: {exc}"[:4000],
                                   "musicssl.traceback": traceback.format_exc()[-7000:]})
         client.set_terminated(run_id, "FAILED")
         raise
 
 
+_STOPPED = (SystemExit, KeyboardInterrupt)
+
+
+class _ReportingSink:
+    """The trial's MLflow sink that also reports a newly finished probe result to Tune at the next log step, so
+    ASHA ranks trials on probe scores as soon as they arrive, not only at the next checkpoint."""
+
+    def __init__(self, sink: MlflowSink, run_dir: Path, metric: str) -> None:
+        self.sink, self.run_dir, self.metric, self.reported, self.last_step = sink, run_dir, metric, -1, 0
+
+    def probe_result(self) -> dict[str, float]:
+        """`probe_metric` (the newest finished probe score) and its step, or {} before the first one."""
+        latest = latest_result(self.run_dir, self.metric)
+        if latest is None:
+            return {}
+        self.reported = latest[0]
+        return {"probe_metric": latest[1], "probe_metric_step": latest[0]}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.sink.log(metrics, step)
+        self.last_step = step
+        latest = latest_result(self.run_dir, self.metric)
+        if latest is not None and latest[0] > self.reported:
+            tune.report({"step": step, **self.probe_result()})
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+
 def _pretrain_ray_train(exp: ExperimentConfig, run_dir: Path, ctx: dict[str, Any], run_id: str,
-                        labels: Path | None, key: str) -> Path:
+                        labels: Path | None, key: str, probe_jobs: dict[str, Any]) -> Path:
     """Pretrain with `workers_per_trial` data-parallel Ray Train workers; rank 0 logs and checkpoints."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -89,7 +137,8 @@ def _pretrain_ray_train(exp: ExperimentConfig, run_dir: Path, ctx: dict[str, Any
         _train_worker,
         train_loop_config={"experiment": exp.model_dump(mode="json"), "run_dir": str(run_dir), "run_id": run_id,
                            "tracking_uri": ctx["tracking_uri"], "manifest": ctx["manifest"],
-                           "labels": str(labels) if labels else None, "threads": max(1, int(cpus))},
+                           "labels": str(labels) if labels else None, "threads": max(1, int(cpus)),
+                           "probe_jobs": probe_jobs},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
                                                resources_per_worker={"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}),
         run_config=ray.train.RunConfig(name=f"train-{key}", storage_path=str(run_dir / "ray_train"),
@@ -114,7 +163,17 @@ def _train_worker(config: dict[str, Any]) -> None:
     exp = ExperimentConfig.model_validate(config["experiment"])
     sink = MlflowSink(MlflowClient(config["tracking_uri"]), config["run_id"]) if dist.rank == 0 else None
     labels = Path(config["labels"]) if config["labels"] else None
-    pretrain(exp, Path(config["run_dir"]), read_manifest(config["manifest"]), sink=sink, labels=labels, dist=dist)
+    run_dir, jobs = Path(config["run_dir"]), config["probe_jobs"]
+    steps = set(jobs["trial"]["probe_steps"])
+
+    def on_checkpoint(path: Path, step: int, metrics: dict[str, float]) -> None:
+        if step in steps:
+            submit_checkpoint(jobs["ctx"]["probe_queue"], [
+                job_spec(jobs["ctx"], jobs["trial"], jobs["run_id"], path, step, task, run_dir)
+                for task in exp.probe.tasks])
+
+    pretrain(exp, run_dir, read_manifest(config["manifest"]), sink=sink, labels=labels, dist=dist,
+             on_checkpoint=on_checkpoint, extra_checkpoints=steps)
     if sink is not None:
         sink.flush()
 

@@ -6,6 +6,7 @@ child runs by explicit run id through `MlflowClient`, in batches.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +29,25 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
     if exp is not None:
         return exp.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    experiment_id = client.create_experiment(name, artifact_location=location)
+    # MLflow 3's UI opens an experiment of this kind on its runs table (not the GenAI overview)
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+    return experiment_id
+
+
+def git_tags() -> dict[str, str]:
+    """`mlflow.source.git.commit` (and whether the tree had changes) of the musicssl checkout, if it is one."""
+    repo = Path(__file__).resolve().parents[3]
+    if not (repo / ".git").exists():
+        return {}
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "musicssl.git_dirty": str(bool(dirty)).lower()}
 
 
 def start_run(client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str],
