@@ -234,6 +234,14 @@ def _cmd_bench_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_asha(args: argparse.Namespace) -> int:
+    from musicssl.sweep.bench_asha import bench_asha, format_report
+
+    state = Path(args.state_dir or ".musicssl/bench-asha").resolve()
+    print(format_report(bench_asha(state, args.variants, args.seeds, args.steps, args.every, args.num_cpus)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
     p = argparse.ArgumentParser(prog="musicssl", description=__doc__)
@@ -326,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "synth_tempo", "synth_beat"])
     bp.add_argument("--cache", help="feature cache folder (default <state>/features; use an empty one for a cold run)")
     bp.set_defaults(func=_cmd_bench_probe)
+    ba = bsub.add_parser("asha", help="ASHA on probe results vs every trial to the end: compute, ranking agreement")
+    ba.add_argument("--variants", type=int, default=6, help="variants (of 8 built in)")
+    ba.add_argument("--seeds", type=int, default=2)
+    ba.add_argument("--steps", type=int, default=80, help="pretraining steps per trial")
+    ba.add_argument("--every", type=int, default=20, help="probe every this many steps (also ASHA's grace period)")
+    ba.add_argument("--num-cpus", type=int, default=2)
+    ba.add_argument("--state-dir", help="default .musicssl/bench-asha (a fresh folder gives a fresh run)")
+    ba.set_defaults(func=_cmd_bench_asha)
     return p
 
 

@@ -7,7 +7,6 @@ probed on pitch and key by probe jobs that run beside the pretraining.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient

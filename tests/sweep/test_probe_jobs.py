@@ -3,8 +3,6 @@ results that arrive while the trials train. Real Ray (in-process), real MLflow, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from mlflow.tracking import MlflowClient
 

@@ -20,12 +20,27 @@ seeds: [0, 1]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_sweep_file_is_valid(path: Path) -> None:
-    sweep = load_sweep(path)
+def test_every_shipped_sweep_file_is_valid(path: Path, tmp_path: Path) -> None:
+    if path.name == "musichubert_iter2.yaml":  # finds its label model in an iteration-1 run of the state folder
+        fake_iteration_one_run(tmp_path, "musichubert_clusters", "k2000_mfcc39")
+    sweep = load_sweep(path, state_dir=tmp_path)
     assert sweep.trials, f"{path.name} expands to no trial"
     assert path.read_text().startswith("# Run:"), "a sweep file opens with a comment giving its run command"
     keys = [t.key for t in sweep.trials]
     assert len(keys) == len(set(keys))
+
+
+def fake_iteration_one_run(state: Path, sweep: str, variant: str) -> None:
+    """The files `resolve_label_model` looks at (full layout: tests/sweep/test_shipped_sweeps.py)."""
+    import json
+
+    folder = state / "sweeps" / sweep / ("a" * 12)
+    (folder / "trials" / "k" / "checkpoints" / "step_000000001").mkdir(parents=True)
+    (folder.parent / "sweep.json").write_text(json.dumps({"parent_run_id": "a" * 32}))
+    (folder / "trials.json").write_text(json.dumps([{"key": "k", "variant": variant, "variant_name": variant,
+                                                     "seed": 0, "baseline": True}]))
+    (folder / "trials" / "k" / "checkpoints" / "step_000000001" / "state.json").write_text("{}")
+    (folder / "trials" / "k" / "checkpoints" / "latest").write_text("step_000000001")
 
 
 def test_grid_times_seeds(tmp_path: Path) -> None:
