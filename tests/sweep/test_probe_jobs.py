@@ -3,8 +3,9 @@ results that arrive while the trials train. Real Ray (in-process), real MLflow, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from mlflow.tracking import MlflowClient
 
 from musicssl.cli import main
 
@@ -39,7 +40,7 @@ resources: {cpus_per_trial: 1, max_concurrent_trials: 1}
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def sweep(tmp_path_factory: pytest.TempPathFactory, mlflow_runs: Callable) -> dict:
     import ray
 
     tmp = tmp_path_factory.mktemp("asha")
@@ -54,11 +55,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     finally:
         ray.shutdown()
         mp.undo()
-    client = MlflowClient(f"sqlite:///{state / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
-    kinds: dict[str, list] = {}
-    for r in runs:
-        kinds.setdefault(r.data.tags.get("musicssl.kind", ""), []).append(r)
+    client, kinds = mlflow_runs(state)
     return {"code": code, "client": client, "runs": kinds, "state": state}
 
 

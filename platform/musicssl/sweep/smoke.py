@@ -9,7 +9,7 @@ What changes (everything else is kept as the file says):
 | layer counts | `average_top_k_layers`, `label_layer` scaled to the tiny encoder's 4 layers (8 of 12 -> 3, 12 -> 4) |
 | k-means clusters | k / 20 (500 -> 25, 2000 -> 100), at least 8 |
 | data | the synthetic corpus; crops scaled so the base crop is 3 s (30 s -> 3 s, 5 s -> 0.5 s), 8 crops of 3 s per batch |
-| steps | the base run is 60 updates; every step count (max_steps, variants, checkpoints, warm-up, probe schedule, ASHA grace) scales with it; at most 2 probe points besides the final one |
+| steps | the base run is 60 updates; every step count (max_steps, variants, checkpoints, warm-up, probe schedule, ASHA grace) scales with it; at most one probe point besides the final one |
 | probes | real tasks without a dataset root become synthetic stand-ins of the same kind (`STAND_INS`); 2 s windows, z-scored features, short training |
 | resources | 1 CPU per trial and per probe job, no GPU, one worker (the file's max_concurrent_trials is kept) |
 | label_model | the iteration-1 sweep's smoke run (`<sweep>-smoke`), its final checkpoint |
@@ -155,7 +155,7 @@ def _shrink_probe(probe: dict[str, Any], base: Mapping[str, Any], f_steps: float
     elif isinstance(base.get("probe.tasks"), list):
         probe["tasks"] = _stand_ins(base["probe.tasks"], roots)
     if isinstance(probe.get("every_steps"), int):
-        probe["every_steps"] = max(SMOKE_STEPS // 3, round(probe["every_steps"] * f_steps))
+        probe["every_steps"] = max(SMOKE_STEPS // 2, round(probe["every_steps"] * f_steps))
     if isinstance(probe.get("at_steps"), list):
         probe["at_steps"] = sorted({max(1, round(s * f_steps)) for s in probe["at_steps"] if isinstance(s, int)})
     probe["cpus"], probe["gpus"] = 1, 0
