@@ -41,7 +41,10 @@ resources: {{cpus_per_trial: 1, max_concurrent_trials: 1}}
 
 def bench_asha(state_dir: Path, variants: int = 6, seeds: int = 2, steps: int = 80, every: int = 20,
                num_cpus: int = 2) -> dict[str, Any]:
-    """Run the sweep without and with ASHA in `state_dir`; return both summaries and the comparison."""
+    """Run the sweep without and with ASHA (in `state_dir`/full and /asha); return both summaries and the comparison.
+
+    Training is deterministic, so a trial of the ASHA run writes the same checkpoints as its twin of the full run
+    up to where it stops."""
     import ray
 
     from musicssl.sweep.checks import load_checked
@@ -51,13 +54,14 @@ def bench_asha(state_dir: Path, variants: int = 6, seeds: int = 2, steps: int = 
     out: dict[str, Any] = {}
     for mode, scheduler in (("full", "{type: none}"),
                             ("asha", f"{{type: asha, metric: average, grace_steps: {every}, reduction_factor: 2}}")):
-        path = state_dir / f"asha_bench_{mode}.yaml"
+        state = state_dir / mode  # its own feature cache: no probe job reuses the other run's features
+        path = state / f"asha_bench_{mode}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(SWEEP.format(name=f"asha_bench_{mode}", steps=steps, every=every, seeds=list(range(seeds)),
                                      variants={n: VARIANTS[n] for n in names}, scheduler=scheduler))
-        sweep = load_checked(path, state_dir=state_dir)
+        sweep = load_checked(path, state_dir=state)
         try:
-            result = run_sweep(sweep, state_dir, num_cpus=num_cpus, echo=lambda _line: None)
+            result = run_sweep(sweep, state, num_cpus=num_cpus, echo=lambda _line: None)
         finally:
             ray.shutdown()
         out[mode] = summarize(result.tracking_uri, result.parent_run_id)

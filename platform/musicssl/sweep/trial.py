@@ -43,8 +43,10 @@ def run_trial(config: dict[str, Any]) -> None:
                             "musicssl.sweep": ctx["sweep"], "musicssl.paradigm": exp.model.paradigm,
                             "musicssl.baseline": str(trial["baseline"]).lower(), **ctx.get("git_tags", {})},
                            parent_run_id=ctx["parent_run_id"])
-    else:
+    else:  # a retried or resumed trial continues its run
         client.update_run(run_id, status="RUNNING")
+        if "musicssl.stopped_early" in client.get_run(run_id).data.tags:  # it was interrupted, not stopped by ASHA
+            client.delete_tag(run_id, "musicssl.stopped_early")
     log_params(client, run_id, flatten(exp.model_dump(mode="json")))
     run_dir = Path(ctx["trials_dir"]) / trial["key"]
     sink = _ReportingSink(MlflowSink(client, run_id), run_dir, ctx["scheduler_metric"])
