@@ -274,3 +274,16 @@ def test_overrides_through_the_command_line(tmp_path: Path, capsys: pytest.Captu
     assert main([*args, "variants.new={}"]) == 2
     assert "new: the same experiment as vanilla" in capsys.readouterr().err
     assert not state.exists()
+
+
+def test_sweep_level_probe_tasks_cannot_be_silently_overridden_or_empty(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("name: t\nbase: {model: {preset: tiny}}\nbaseline: a\nvariants:\n  a: {}\n"
+                 "  b: {probe.tasks: [synth_key]}\nprobe: {tasks: [synth_pitch]}\n")
+    with pytest.raises(ConfigError) as err:
+        load_sweep(f)
+    assert err.value.problems == ["variants.b.probe.tasks: probe.tasks is set for the whole sweep (probe.tasks); "
+                                  "vary it here only without it"]
+    with pytest.raises(ConfigError) as err:
+        load_sweep(f, ["variants.b=null", "probe.tasks=[]"])
+    assert err.value.problems == ["probe.tasks: needs at least one probe task"]

@@ -352,6 +352,13 @@ def _check_structure(cfg: SweepConfig) -> list[str]:
         problems.append(f"baseline: {cfg.baseline!r} names a variant, but the sweep has no variants")
     if cfg.checkpoints and (cfg.variants or cfg.grid):  # a null path is asked for by checks.py, with the roots
         problems.append("checkpoints: a probe-only sweep probes imported checkpoints; it has no variants or grid")
+    if cfg.probe.tasks is not None:  # the sweep-level list would silently replace a variant's or grid point's own
+        varied = [f"variants.{n}.probe.tasks" for n, c in cfg.variants.items() if "probe.tasks" in c]
+        varied += ["grid.probe.tasks"] if "probe.tasks" in cfg.grid else []
+        problems += [f"{where}: probe.tasks is set for the whole sweep (probe.tasks); vary it here only without it"
+                     for where in varied]
+        if not cfg.probe.tasks:
+            problems.append("probe.tasks: needs at least one probe task")
     return problems
 
 
