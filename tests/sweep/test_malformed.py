@@ -501,3 +501,21 @@ def test_check_cluster_of_a_probe_only_sweep_ignores_trial_resources(tmp_path: P
     problems = check_cluster(sweep, [node(4)])
     assert len(problems) == 1 and problems[0].startswith("probe: "), problems
     assert check_cluster(sweep, [node(4, 1)]) == []
+
+
+def test_a_broken_section_does_not_hide_the_later_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Problems of the file, of the experiment configs and of the deep checks come out in one run."""
+    f = tmp_path / "multi.yaml"
+    f.write_text(GOOD.replace("  span5: {model.mask_length: 5}", "  span5: {model.mask_lenght: 5}")
+                 .replace("tasks: [synth_pitch, synth_key]", "tasks: [synth_pitch, gtzan_genre, no_such_task]")
+                 + "resources: {cpus_per_trial: 0}\n")
+    state = tmp_path / "state"
+    assert main(["sweep", str(f), "--check", "--state-dir", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert "5 problems" not in err and "4 problems:" in err, err
+    for expected in ("resources.cpus_per_trial: input should be greater than 0",
+                     "variants.span5.model.mask_lenght: unknown key (did you mean 'model.mask_length'?)",
+                     "probe.data_roots.gtzan_genre: task 'gtzan_genre' needs its dataset root",
+                     "probe.tasks[2]: unknown probe task 'no_such_task'"):
+        assert expected in err
+    assert "the same experiment" not in err and "Traceback" not in err and not state.exists()

@@ -274,12 +274,46 @@ def check_cluster(sweep: Sweep, nodes: list[Mapping[str, Any]]) -> list[str]:
 
 def load_checked(path: str | Path, overrides: Iterable[str] = (), *, smoke: bool = False,
                  state_dir: Path | None = None) -> Sweep:
-    """`load_sweep` + `check_sweep`: a `ConfigError` with every problem of every stage, or a sweep ready to run."""
-    from musicssl.config import ConfigError
-    from musicssl.sweep.spec import load_sweep
+    """`load_sweep` + `check_sweep`: a `ConfigError` with every problem of every stage, or a sweep ready to run.
 
-    sweep = load_sweep(path, overrides, smoke=smoke, state_dir=state_dir)
+    When the file itself has problems, the values they are about are set aside (up to 5 rounds) and the rest of the
+    sweep still goes through `check_sweep`, so a typo in one section does not hide a missing dataset root.
+    """
+    from musicssl.config import ConfigError
+    from musicssl.sweep.spec import read_sweep_data, sweep_from_data, without
+
+    data = read_sweep_data(path, overrides, smoke=smoke)
+    try:
+        sweep = sweep_from_data(data, str(path), smoke=smoke, state_dir=state_dir)
+    except ConfigError as exc:
+        later = _checks_past(data, exc.problems, str(path), smoke, state_dir, sweep_from_data, without)
+        raise ConfigError(exc.source, exc.problems + [p for p in later if p not in exc.problems]) from None
     problems = check_sweep(sweep)
     if problems:
         raise ConfigError(sweep.source, problems)
     return sweep
+
+
+def _checks_past(data: dict[str, Any], problems: list[str], source: str, smoke: bool, state_dir: Path | None,
+                 sweep_from_data: Callable[..., Sweep], without: Callable[[dict[str, Any], str], bool]) -> list[str]:
+    """Problems of later stages, found once the values `problems` are about are set aside: those of the file's
+    other sections, then `check_sweep`'s."""
+    import copy
+
+    from musicssl.config import ConfigError
+
+    def where(problem: str) -> str:
+        return problem.split(": ", 1)[0]
+
+    reduced, found, said = copy.deepcopy(data), [], {where(p) for p in problems}
+    for _ in range(5):
+        if not [p for p in problems if without(reduced, p)]:
+            break
+        try:
+            return found + check_sweep(sweep_from_data(reduced, source, smoke=smoke, state_dir=state_dir))
+        except ConfigError as exc:
+            problems = exc.problems
+            # not the artifacts of a removal: "field required" where a bad value was, two variants now equal
+            found += [p for p in problems if where(p) not in said and "the same experiment as" not in p]
+            said |= {where(p) for p in problems}
+    return found

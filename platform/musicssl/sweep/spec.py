@@ -17,6 +17,7 @@ manifests, layer counts, ...). All problems are reported at once with their dott
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import itertools
@@ -209,7 +210,11 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), *, smoke: bool =
 
     `state_dir` is where a `label_model` reference of an earlier sweep is looked up (MusicHuBERT iteration 2).
     """
-    source = str(path)
+    return sweep_from_data(read_sweep_data(path, overrides, smoke=smoke), str(path), smoke=smoke, state_dir=state_dir)
+
+
+def read_sweep_data(path: str | Path, overrides: Iterable[str] = (), *, smoke: bool = False) -> dict[str, Any]:
+    """The sweep file's raw data after `--smoke` and the command-line overrides (YAML and override errors raise)."""
     data = load_yaml(path)
     if smoke:
         from musicssl.sweep.smoke import shrink
@@ -217,8 +222,13 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), *, smoke: bool =
         given = flatten(apply_overrides({}, overrides))  # dataset roots on the command line keep their real tasks
         roots = {k.rsplit(".", 1)[1]: v for k, v in given.items()
                  if k.startswith(("probe.data_roots.", "base.probe.data_roots."))}
-        data = shrink(data, source, roots)
-    data = apply_overrides(data, overrides)
+        data = shrink(data, str(path), roots)
+    return apply_overrides(data, overrides)
+
+
+def sweep_from_data(data: dict[str, Any], source: str, *, smoke: bool = False, state_dir: Path | None = None) -> Sweep:
+    """Validate and expand raw sweep data (see `read_sweep_data`); raise `ConfigError` listing every problem."""
+    data = copy.deepcopy(data)
     if isinstance(data.get("variants"), Mapping):  # `vanilla:` with nothing after it is the empty change set
         data["variants"] = {k: {} if v is None else v for k, v in data["variants"].items()}
     problems = non_finite(data)
@@ -238,6 +248,44 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), *, smoke: bool =
         raise ConfigError(source, problems)
     trials = expand(cfg, source)
     return Sweep(cfg, source, trials, smoke, data)
+
+
+def without(data: dict[str, Any], problem: str) -> bool:
+    """Remove from `data` the value a problem line (`dotted.path: message`) is about; False if there is none.
+
+    Used to look past a broken section: the rest of the sweep is still checked (sweep/checks.py `load_checked`).
+    """
+    path = re.sub(r"\[\d+\]$", "", problem.split(": ", 1)[0].strip())
+    head, _, rest = path.partition(".")
+    if head == "baseline":  # without a usable baseline the variants cannot be read: check the base alone
+        return data.pop("baseline", None) is not None or data.pop("variants", None) is not None
+    variants = data.get("variants")
+    if head not in data and isinstance(variants, dict) and path in variants:  # an expansion problem of a variant
+        del variants[path]
+        return True
+    if head not in data:
+        return False
+    if not rest:
+        del data[head]
+        return True
+    section = data[head]
+    if head == "grid" and isinstance(section, dict) and rest in section:
+        del section[rest]
+        return True
+    if head == "variants" and isinstance(section, dict):
+        name, _, key = rest.partition(".")
+        if not key or not isinstance(section.get(name), dict) or key not in flatten(section[name]):
+            return section.pop(name, None) is not None
+        section[name] = {k: v for k, v in flatten(section[name]).items() if k != key}
+        return True
+    node: Any = data
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and parts[-1] in node:
+        del node[parts[-1]]
+        return True
+    return False
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
