@@ -42,7 +42,8 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` through a temporary sibling and a rename: readers see the old or the new text, never half."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -85,11 +86,11 @@ def save_checkpoint(run_dir: Path, cfg: ExperimentConfig, model: nn.Module, enco
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_write_text(root / "latest", final.name)
+    atomic_write_text(root / "latest", final.name)
     best = json.loads((root / "best.json").read_text()) if (root / "best.json").exists() else None
     if score is not None and math.isfinite(score) and (best is None or score < best["score"]):
         best = {"name": final.name, "step": state.step, "score": score}
-        _atomic_write_text(root / "best.json", json.dumps(best))
+        atomic_write_text(root / "best.json", json.dumps(best))
     prune_checkpoints(run_dir, keep_last)
     return final
 
@@ -116,7 +117,7 @@ def pin_checkpoint(checkpoint: Path, holder: str, payload: dict[str, Any]) -> Pa
     folder = checkpoint.parent / PIN_DIR
     folder.mkdir(exist_ok=True)
     path = folder / f"{checkpoint.name}--{holder}.json"
-    _atomic_write_text(path, json.dumps(payload))
+    atomic_write_text(path, json.dumps(payload))
     return path
 
 

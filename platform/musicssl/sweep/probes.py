@@ -42,17 +42,20 @@ def job_spec(ctx: dict[str, Any], trial: dict[str, Any], run_id: str, checkpoint
             "threads": max(1, int(ctx["probe_cpus"])), "pinned": trial.get("checkpoint") is None}
 
 
-def submit_checkpoint(queue_name: str, jobs: list[dict[str, Any]]) -> None:
-    """Pin the checkpoint for each job and hand the jobs to the queue (returns at once)."""
+def submit_probes(ctx: dict[str, Any], trial: dict[str, Any], run_id: str, checkpoint: Path, step: int,
+                  run_dir: Path) -> None:
+    """One job per probe task of the trial for `checkpoint`: pin it for each job and hand the jobs to the queue
+    (returns at once; a job whose result exists is skipped, a job id the queue has seen is ignored)."""
     from musicssl.pretrain.checkpoint import pin_checkpoint
 
-    queue = ray.get_actor(queue_name)
-    for job in jobs:
+    queue = ray.get_actor(ctx["probe_queue"])
+    for task in trial["experiment"]["probe"]["tasks"]:
+        job = job_spec(ctx, trial, run_id, checkpoint, step, task, run_dir)
         if result_path(job).exists():
             continue
-        job = job | {"submitted_at": time.time()}
+        job |= {"submitted_at": time.time()}
         if job["pinned"]:
-            pin_checkpoint(Path(job["checkpoint"]), f"probe-{job['task']}", job)
+            pin_checkpoint(checkpoint, f"probe-{task}", job)
         queue.submit.remote(job)
 
 
@@ -247,10 +250,10 @@ def _maybe_average(job: dict[str, Any], trial_sink: Any) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from musicssl.pretrain.checkpoint import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data))
 
 
 FAULTS_ENV = "MUSICSSL_FAIL_PROBE"

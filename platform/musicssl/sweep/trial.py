@@ -23,7 +23,7 @@ from musicssl.config import ExperimentConfig, flatten
 from musicssl.data.manifest import read_manifest
 from musicssl.pretrain.checkpoint import latest_checkpoint
 from musicssl.pretrain.loop import pretrain
-from musicssl.sweep.probes import job_spec, latest_result, submit_checkpoint
+from musicssl.sweep.probes import latest_result, submit_probes
 from musicssl.tracking.mlflow import MlflowSink, find_child_run, log_params, log_tags, start_run
 
 
@@ -53,8 +53,7 @@ def run_trial(config: dict[str, Any]) -> None:
     probe_steps = set(trial["probe_steps"])
 
     def probe(path: Path, step: int) -> None:
-        jobs = [job_spec(ctx, trial, run_id, path, step, task, run_dir) for task in exp.probe.tasks]
-        submit_checkpoint(ctx["probe_queue"], jobs)
+        submit_probes(ctx, trial, run_id, path, step, run_dir)
 
     try:
         if trial.get("checkpoint"):  # a probe-only sweep: the imported checkpoint is probed, nothing is trained
@@ -170,9 +169,7 @@ def _train_worker(config: dict[str, Any]) -> None:
 
     def on_checkpoint(path: Path, step: int, metrics: dict[str, float]) -> None:
         if step in steps:
-            submit_checkpoint(jobs["ctx"]["probe_queue"], [
-                job_spec(jobs["ctx"], jobs["trial"], jobs["run_id"], path, step, task, run_dir)
-                for task in exp.probe.tasks])
+            submit_probes(jobs["ctx"], jobs["trial"], jobs["run_id"], path, step, run_dir)
 
     pretrain(exp, run_dir, read_manifest(config["manifest"]), sink=sink, labels=labels, dist=dist,
              on_checkpoint=on_checkpoint, extra_checkpoints=steps)
