@@ -89,18 +89,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from musicssl.dashboards.report import build_report
-    from musicssl.sweep.tune import default_state_dir
-    from musicssl.tracking.mlflow import sqlite_uri
+    from musicssl.dashboards.command import run
 
-    uri = args.tracking_uri or sqlite_uri(default_state_dir() / "mlflow.db")
-    out_path = Path(args.output or f"dashboards/{args.sweep}.html").resolve()
-    if len(args.sweep) == 32 and all(c in "0123456789abcdef" for c in args.sweep):
-        out = build_report(uri, out_path, parent_run_id=args.sweep)
-    else:
-        out = build_report(uri, out_path, sweep_name=args.sweep)
-    print(f"dashboard: {out}")
-    return 0
+    return run(args)
 
 
 def _cmd_corpus(args: argparse.Namespace) -> int:
@@ -264,10 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check", action="store_true", help="validate everything and list the trials, run nothing")
     sweep_options(s)
     s.set_defaults(func=_cmd_sweep)
-    b = sub.add_parser("dashboard", help="(re)build a sweep's HTML dashboard from MLflow")
-    b.add_argument("sweep", help="sweep name or parent run id")
-    b.add_argument("--tracking-uri", help="default: sqlite DB in the state folder")
-    b.add_argument("-o", "--output", help="HTML path; default dashboards/<sweep>.html")
+    b = sub.add_parser("dashboard", help="(re)build a sweep's report (HTML) or its table (CSV, LaTeX) from MLflow")
+    from musicssl.dashboards.command import add_arguments
+
+    add_arguments(b)
     b.set_defaults(func=_cmd_dashboard)
     c = sub.add_parser("corpus", help="generate (or find cached) the synthetic music corpus")
     c.add_argument("--out", help="root folder; default <state>/corpus")

@@ -1,6 +1,6 @@
 """The demo sweep end to end: real Ray (in-process), real MLflow (sqlite in a temp dir), real training and probe jobs.
 
-The demo is 3 variants (the baseline and two mask probabilities) x 2 seeds, every checkpoint (50, 100, 150 steps)
+The demo is 3 variants (the baseline and two mask probabilities) x 3 seeds, every checkpoint (50, 100, 150 steps)
 probed on pitch and key by probe jobs that run beside the pretraining.
 """
 
@@ -49,12 +49,14 @@ def test_mlflow_tree_parent_trials_and_tags(demo: dict) -> None:
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert sorted((r.data.tags["musicssl.variant"], r.data.tags["musicssl.seed"]) for r in trials) == [
-        (v, s) for v in ("prob50", "prob80", "vanilla") for s in ("0", "1")]
+        (v, s) for v in ("prob50", "prob80", "vanilla") for s in ("0", "1", "2")]
     for child in trials:
         tags, p = child.data.tags, child.data.params
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
         assert tags["musicssl.paradigm"] == "music2vec"
+        assert (tags["musicssl.cpus"], tags["musicssl.gpus"], tags["musicssl.device"]) == ("1.0", "0.0", "cpu")
+        assert 1 < child.data.metrics["cost/pretrain_s"] < (child.info.end_time - child.info.start_time) / 1000
         assert tags["musicssl.baseline"] == ("true" if tags["musicssl.variant"] == "vanilla" else "false")
         expected = {"vanilla": "0.65", "prob50": "0.5", "prob80": "0.8"}[tags["musicssl.variant"]]
         assert p["model.mask_prob"] == expected and p["pretrain.max_steps"] == "150"
@@ -128,15 +130,24 @@ def test_report_table_matches_mlflow(demo: dict) -> None:
     table = html[html.index('<table id="ablation-table">'):]
     table = table[:table.index("</table>")]
     header = re.findall(r"<th[^>]*>([^<]+)</th>", table.split("</thead>")[0])
-    assert header == ["Variant", "synth_key", "synth_pitch", "Average", "n"]
+    assert header == ["Variant", "synth_key", "synth_pitch", "Average", "runs"]
     rows = {}
-    for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], flags=re.S):
-        label = re.search(r'<th scope="row">([^<]+)</th>', row).group(1)
-        rows[label] = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
-    assert set(rows) == {"vanilla", "prob50", "prob80"}
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], flags=re.S):
+        label = re.search(r'<th scope="row">([^<]+)', row).group(1).strip()
+        rows[label] = [" ".join(re.sub(r"<[^>]+>", " ", c).split()) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+    assert list(rows) == ["vanilla", "prob50", "prob80"], "baseline first, then the file's order"
+    averages = {}
     for label, cells in rows.items():
         finals = [r.data.metrics for r in demo["runs"]["trial"] if r.data.tags["musicssl.variant"] == label]
-        assert cells[-1] == "2", "two seeds per variant"
-        mean_avg = 100 * sum(m["probe/average"] for m in finals) / 2
-        assert cells[2].startswith(f"{mean_avg:.1f}")
+        assert cells[-1] == "3", "three seeds per variant"
+        averages[label] = 100 * sum(m["probe/average"] for m in finals) / 3
+        assert cells[2].startswith(f"{averages[label]:.1f} ± ") and "n=3" in cells[2]
+    for label in ("prob50", "prob80"):  # the change against the baseline, signed, under each variant's Average
+        delta = re.search(r"([+−])(\d+\.\d)", rows[label][2])
+        assert delta is not None, rows[label][2]
+        shown = float(delta.group(2)) * (-1 if delta.group(1) == "−" else 1)
+        assert shown == pytest.approx(averages[label] - averages["vanilla"], abs=0.051)
+    for view in ("fig-effects", "fig-probe-curves", "fig-layers", "fig-curves", "fig-parcoords", "fig-cost"):
+        assert f'id="{view}"' in html, f"the demo report lacks the {view} view"
+    assert 'id="verdict"' in html and 'id="cost-table"' in html and 'id="published-missing"' in html
     assert not re.search(r"<(script|link)[^>]+(src|href)=\"https?:", html), "the report must work offline"

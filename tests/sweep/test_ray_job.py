@@ -259,11 +259,12 @@ def test_dashboard_in_the_state_folder_and_logged_on_the_parent(job: dict, tmp_p
     table = html[html.index('<table id="ablation-table">'):]
     table = table[:table.index("</table>")]
     rows = {}
-    for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], flags=re.S):
-        label = re.search(r'<th scope="row">([^<]+)</th>', row).group(1)
-        rows[label] = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], flags=re.S):
+        label = re.search(r'<th scope="row">([^<]+)', row).group(1).strip()
+        rows[label] = [re.sub(r"<[^>]+>", " ", c).split() for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
     trials = {r.data.tags["musicssl.variant"]: r for r in _runs(job["uri"])
               if r.data.tags.get("musicssl.kind") == "trial"}
     assert set(rows) == set(trials)
     for variant, run in trials.items():
-        assert rows[variant][2] == f"{100 * run.data.metrics['probe/average']:.1f}"
+        assert rows[variant][2][0] == f"{100 * run.data.metrics['probe/average']:.1f}"  # then its delta and n=1
+        assert rows[variant][2][-1] == "n=1"

@@ -1,4 +1,5 @@
-"""Plotly figures for one sweep: score bars, a two-factor heatmap, pretraining curves, parallel coordinates.
+"""Plotly figures for one sweep: a two-factor heatmap, pretraining curves, parallel coordinates (more views:
+`dashboards.views`).
 
 Every function takes the frames from `load_sweep` / `ablation_table` and returns a ``go.Figure``, or None when
 the figure does not apply to the sweep (e.g. the heatmap when not exactly two factors vary). Scores are shown
@@ -19,7 +20,8 @@ from plotly.subplots import make_subplots
 from musicssl.dashboards.runs import SweepRuns
 from musicssl.dashboards.tables import AVERAGE, FAILED_STATUSES, factor_order_key, score_names
 
-CURVE_KEYS = ("pretrain/loss", "pretrain/target_var", "pretrain/pred_var")
+CURVE_KEYS = ("pretrain/loss", "pretrain/target_var", "pretrain/pred_var", "pretrain/acc_masked",
+              "pretrain/frames_per_s")
 """Pretraining curves drawn, in this order, when logged."""
 MAX_CURVE_POINTS = 2000
 """Curves with more logged steps than this are thinned to every k-th step."""
@@ -51,39 +53,6 @@ def _layout(fig: go.Figure, title: str, **kwargs: Any) -> go.Figure:
         title=dict(text=title, x=0, xanchor="left"), template="plotly_white", font=_FONT, **kwargs
     )
     return fig
-
-
-def score_bars(table: pd.DataFrame) -> go.Figure:
-    """Grouped bars: x = task score (and Average), one bar per variant, error bars = 95% CI where n > 1."""
-    names = score_names(table)
-    colors = variant_colors(list(table.index))
-    fig = go.Figure()
-    for label, row in table.iterrows():
-        means = [_pct(row[(s, "mean")]) for s in names]
-        cis = [_pct(row[(s, "ci95")]) if row[(s, "n")] > 1 else None for s in names]
-        text = [
-            "no finished run" if m is None else f"{m:.1f}" + (f" ± {c:.1f}" if c is not None else "")
-            for m, c in zip(means, cis, strict=True)
-        ]
-        fig.add_trace(
-            go.Bar(
-                name=str(label),
-                x=[_score_label(s) for s in names],
-                y=means,
-                error_y=dict(type="data", array=cis, visible=True, thickness=1.2, width=4),
-                marker_color=colors[str(label)],
-                customdata=[[t, row[(s, "n")]] for t, s in zip(text, names, strict=True)],
-                hovertemplate="%{fullData.name}<br>%{x}: %{customdata[0]} (n=%{customdata[1]})<extra></extra>",
-            )
-        )
-    return _layout(
-        fig,
-        "Probe scores per variant (mean over seeds, error bars: 95% CI)",
-        barmode="group",
-        yaxis_title="score (%)",
-        legend_title_text="variant",
-        height=460,
-    )
 
 
 def varying_factors(table: pd.DataFrame, factors: list[str]) -> list[str]:
@@ -228,15 +197,16 @@ def pretrain_curves(sweep: SweepRuns, table: pd.DataFrame) -> go.Figure | None:
 def factor_parallel_coordinates(
     runs: pd.DataFrame, factors: list[str], table: pd.DataFrame
 ) -> go.Figure | None:
-    """Parallel coordinates, one line per finished run: the varying factors, then the Average score (%).
+    """Parallel coordinates, one line per counted run: the varying factors, each task score and the Average (%).
 
-    Non-numeric factor values become evenly spaced ticks labelled with the value. None unless more than one
-    factor varies.
+    ``runs`` is a summarised frame (`summary.summarise`). Non-numeric factor values become evenly spaced ticks
+    labelled with the value. None when no factor varies or no counted run has an Average.
     """
     varying = varying_factors(table, factors)
-    if len(varying) < 2 or "probe/average" not in runs.columns:
+    if not varying or "probe/average" not in runs.columns:
         return None
-    done = runs[(runs["status"] == "FINISHED") & runs["probe/average"].notna()]
+    counted = runs["counted"].astype(bool) if "counted" in runs.columns else runs["status"] == "FINISHED"
+    done = runs[counted & runs["probe/average"].notna()]
     if done.empty:
         return None
     dims = []
@@ -260,6 +230,8 @@ def factor_parallel_coordinates(
                     ticktext=[str(v) for v in levels],
                 )
             )
+    for name in score_names(table)[:-1]:
+        dims.append(dict(label=f"{name} (%)", values=(100.0 * done[f"probe/{name}/score"]).round(2).tolist()))
     average = (100.0 * done["probe/average"]).round(2).tolist()
     dims.append(dict(label="Average (%)", values=average))
     fig = go.Figure(
@@ -270,7 +242,7 @@ def factor_parallel_coordinates(
     )
     return _layout(
         fig,
-        "Factors → Average score, one line per finished run (drag along an axis to filter)",
+        "Factors → task scores → Average, one line per counted run (drag along an axis to filter)",
         height=460,
-        margin=dict(l=80, r=40, t=110, b=40),
+        margin=dict(l=80, r=60, t=110, b=40),
     )

@@ -1,14 +1,15 @@
-"""One self-contained, offline HTML report per sweep: header, the ablation table, the figures.
+"""One self-contained, offline HTML report per sweep: the verdict, the ablation table, and the views behind it.
 
 plotly.js is embedded once (with the first figure); the page loads nothing from the network, so it opens from
-``file://`` on an air-gapped machine and can be logged to the sweep's parent run as an artifact.
+``file://`` on an air-gapped machine and can be logged to the sweep's parent run as an artifact. Every view
+opens with one sentence saying what it shows and how to read it; a view whose data the sweep lacks says what
+is missing instead of disappearing.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
@@ -16,207 +17,190 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from musicssl.dashboards.figures import (
-    average_heatmap,
-    factor_parallel_coordinates,
-    pretrain_curves,
-    score_bars,
-)
+from musicssl.dashboards import published
+from musicssl.dashboards.command import FORMATS
+from musicssl.dashboards.cost import cost_table, units
+from musicssl.dashboards.export import LATEX_CAPTION, Display, display, tex_escape, to_csv, to_html, to_latex
+from musicssl.dashboards.figures import average_heatmap, factor_parallel_coordinates, pretrain_curves
+from musicssl.dashboards.page import CSS, cost_table_html, header_html, runs_html, verdict_html
 from musicssl.dashboards.runs import SweepRuns, find_parent_run, load_sweep
-from musicssl.dashboards.tables import AVERAGE, ablation_table, score_names
+from musicssl.dashboards.summary import Summary, summarise
+from musicssl.dashboards.tables import ALPHA, ablation_table, task_names
+from musicssl.dashboards.views import cost_scatter, effect_plots, layer_heatmaps, probe_curves
 
 _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
-       color: #1f2328; background: #fff; margin: 0; line-height: 1.45; }
-main { max-width: 1200px; margin: 0 auto; padding: 24px 32px 64px; }
-h1 { font-size: 1.7rem; margin: 0.2em 0 0.4em; }
-h2 { font-size: 1.25rem; margin: 2em 0 0.5em; padding-bottom: 0.2em; border-bottom: 1px solid #d0d7de; }
-dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0 0 1em; }
-dl.meta dt { color: #59636e; } dl.meta dd { margin: 0; }
-code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.9em; }
-table { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: 0.5em 0; }
-th, td { padding: 6px 12px; border-bottom: 1px solid #d0d7de; }
-thead th { background: #f6f8fa; border-bottom: 2px solid #8c959f; text-align: center; }
-tbody th { text-align: left; font-weight: 600; }
-td { text-align: right; white-space: nowrap; }
-td.txt { text-align: left; }
-tbody tr:nth-child(even) { background: #fafbfc; }
-td.avg, th.avg { border-left: 2px solid #d0d7de; }
-td b { color: #0a3069; }
-.note { color: #59636e; font-size: 0.9em; }
-.warn { color: #9a3412; }
-p.caption { color: #59636e; font-size: 0.9em; margin: 0.3em 0 1em; max-width: 60em; }
-figure { margin: 0 0 1.5em; }
-details { margin: 1em 0; } summary { cursor: pointer; color: #0969da; }
-.scroll { overflow-x: auto; }
-"""
+
+@dataclass
+class Analysis:
+    """Everything the page, the CSV and the LaTeX are made from."""
+
+    sweep: SweepRuns
+    summary: Summary
+    runs: pd.DataFrame  # summarised (one score per trial and task)
+    table: pd.DataFrame  # ablation_table of `runs`
+    shown: Display  # the table rounded as shown, published rows included
 
 
-def _pct(value: float, digits: int = 1) -> str:
-    return "–" if math.isnan(value) else f"{100.0 * value:.{digits}f}"
+def analyse(sweep: SweepRuns, summary: Summary | None = None) -> Analysis:
+    """Summarise the sweep's probe scores, build its ablation table and the rounded display of it."""
+    summary = summary or Summary()
+    runs = summarise(sweep, summary)
+    table = ablation_table(runs, sweep.factors, sweep.variants)
+    paradigms = {p for p in runs.get("paradigm", pd.Series(dtype=object)).dropna()}
+    reference = published.reference_rows(task_names(runs), paradigms) if not table.empty else []
+    return Analysis(sweep, summary, runs, table, display(table, reference))
 
 
-def _header(sweep: SweepRuns, table: pd.DataFrame) -> str:
-    runs = sweep.runs
-    counts = runs["status"].value_counts()
-    status = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
-    seeds = sorted(int(s) for s in runs["seed"].dropna().unique())
-    items = [
-        ("Sweep", f"<b>{escape(sweep.name)}</b>"),
-        ("Parent run", f"<code>{escape(sweep.parent_run_id)}</code>" if sweep.parent_run_id else "–"),
-        ("Runs", f"{len(runs)}" + (f" ({escape(status)})" if len(runs) else "")),
-        ("Variants", str(len(table))),
-        ("Seeds", f"{len(seeds)}" + (f" ({', '.join(map(str, seeds))})" if seeds else "")),
-        ("Factors", ", ".join(f"<code>{escape(f)}</code>" for f in sweep.factors) or "–"),
-        ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
+def table_caption(analysis: Analysis) -> str:
+    """The sentence under the ablation table (also the LaTeX caption)."""
+    return (f"Probe scores in %, {analysis.summary.label} checkpoint: mean ± 95% CI (Student t) over seeds, n = "
+            "runs counted; best per column in bold; under each variant's cell its change against the baseline, "
+            f"green/red when Welch's t-test over seeds finds it real (p < {ALPHA}), grey with ≈ when it is within "
+            "noise, ? when a side has a single seed. Average = the paper's formula: metrics averaged within a "
+            "task, then the plain mean over tasks.")
+
+
+def _figure(div_id: str, fig: go.Figure, first: bool) -> str:
+    fig.update_layout(title_text="", margin_t=max(30, (fig.layout.margin.t or 60) - 40))
+    div = pio.to_html(fig, include_plotlyjs=first, full_html=False, div_id=div_id, config=_PLOTLY_CONFIG)
+    return f"<figure>{div}</figure>"
+
+
+def _sections(a: Analysis) -> list[tuple[str, str, str, go.Figure | str | None, str]]:
+    """(id, title, how to read it, figure or HTML or None, what is missing when None)."""
+    sweep, runs, table = a.sweep, a.runs, a.table
+    unit, probe_unit = units(sweep)
+    real = [t for t in task_names(runs) if t in published.TABLE1_TASKS]
+    return [
+        ("fig-effects", "Effect of each factor",
+         "Each panel varies one factor with every other factor at the baseline's value: a task's score (thin) and "
+         "the Average (thick) against the factor's value, mean over seeds with 95% CI bars; overlapping bars "
+         "mean the seeds cannot tell the values apart.",
+         effect_plots(runs, table, sweep.factors), "No factor varies in this sweep."),
+        ("fig-probe-curves", "Probe score against pretraining step",
+         "Every probed checkpoint of every trial: per variant the mean over seeds (line), min..max over seeds "
+         "(band) and each seed (faint); a curve still rising at the right end means more pretraining helps. "
+         + a.summary.describe(),
+         probe_curves(sweep, table, a.summary), "No probe score per checkpoint was logged (probe jobs pending or "
+         "failed, or a sweep from before per-checkpoint probing)."),
+        ("fig-layers", "Which layers the probes use",
+         "The probe's learned softmax weight of each layer (0 = the CNN output, then the transformer layers) per "
+         "task, mean over seeds, at the checkpoint the table uses: dark cells are the layers a task reads from "
+         "(the colour scale spans the smallest to the largest weight shown; uniform weights are 1 / layers).",
+         layer_heatmaps(sweep, runs, table), "No probe logged learned layer weights (probes with fixed layers, "
+         "or a sweep from before layer weights were logged)."),
+        ("fig-curves", "Pretraining curves",
+         "Loss, target and prediction variance (Music2Vec) or masked accuracy (MusicHuBERT), and throughput in "
+         "frames per second against step: mean over seeds, min..max band, each seed faint, failed runs dotted; "
+         "a variance that falls towards zero warns of collapse.",
+         pretrain_curves(sweep, table), "No pretraining curve was logged (a probe-only sweep of imported "
+         "checkpoints has none)."),
+        ("fig-parcoords", "Parallel coordinates",
+         "One line per counted run from its factor values through each task score to the Average, coloured by "
+         "the Average: drag along an axis to keep only the runs in a range.",
+         factor_parallel_coordinates(runs, sweep.factors, table), "No factor varies, or no run has an Average."),
+        ("fig-heatmap", "Two-factor grid",
+         "The Average over the two factors a grid sweep varies, mean ± 95% CI per cell.",
+         average_heatmap(table, sweep.factors), "Only for sweeps where exactly two factors vary."),
+        ("cost", "Cost beside quality",
+         f"Per variant and run: pretraining wall hours and {unit} (wall hours x the {unit[:3]}s a trial held), the "
+         f"probe jobs' cost apart ({probe_unit}), and the Average bought per pretraining {unit}; the plot puts "
+         "each run's Average against its pretraining cost.",
+         cost_table_html(cost_table(sweep, runs, table), unit, probe_unit) if not table.empty else None,
+         "No trial runs yet."),
+        ("fig-cost", "", "", cost_scatter(sweep, runs, table), "No run has a known cost (resources or time "
+         "missing)."),
+        ("published", "Published reference rows",
+         "The paper's own numbers (Tables 1-3, one run each on the real datasets) are in the ablation table under "
+         "the divider, on this sweep's columns, for orientation: they come from 400k-step models on real data.",
+         None if not real else "", "This sweep probes no real-dataset task (its tasks: "
+         f"{', '.join(task_names(runs)) or 'none'}), so no published row applies; the paper's rows appear when a "
+         "sweep probes " + ", ".join(published.TABLE1_TASKS) + "."),
     ]
-    rows = "\n".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
-    return f'<dl class="meta">\n{rows}\n</dl>'
 
 
-def _best_rows(table: pd.DataFrame, name: str) -> set[str]:
-    """Labels of the rows with the highest mean (as displayed, so ties are all marked)."""
-    shown = table[(name, "mean")].map(lambda x: math.nan if math.isnan(x) else round(100.0 * x, 1))
-    if shown.isna().all():
-        return set()
-    return {str(label) for label in shown.index[shown == shown.max()]}
-
-
-def ablation_table_html(table: pd.DataFrame) -> str:
-    """The ablation table as ``<table id="ablation-table">``: one row per variant, ``mean ± ci`` in %."""
-    names = score_names(table)
-    best = {name: _best_rows(table, name) for name in names}
-    head = "".join('<th class="avg">Average</th>' if n == AVERAGE else f"<th>{escape(n)}</th>" for n in names)
-    body = []
-    for label, row in table.iterrows():
-        finished = int(row[("runs", "finished")])
-        cells = []
-        for name in names:
-            mean, ci, n = row[(name, "mean")], row[(name, "ci95")], int(row[(name, "n")])
-            text = _pct(mean) + (f" ± {_pct(ci)}" if n > 1 else "")
-            if str(label) in best[name]:
-                text = f"<b>{text}</b>"
-            if 0 < n != finished:
-                text += f' <span class="note">(n={n})</span>'
-            cls = ' class="avg"' if name == AVERAGE else ""
-            cells.append(f"<td{cls}>{text}</td>")
-        others = [
-            f"{int(row[('runs', k)])} {k}" for k in ("failed", "unfinished") if int(row[("runs", k)]) > 0
-        ]
-        n_cell = str(finished) + (f' <span class="warn">(+{", ".join(others)})</span>' if others else "")
-        body.append(f'<tr><th scope="row">{escape(str(label))}</th>{"".join(cells)}<td>{n_cell}</td></tr>')
-    return (
-        '<div class="scroll"><table id="ablation-table">\n'
-        f"<thead><tr><th>Variant</th>{head}<th>n</th></tr></thead>\n"
-        "<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table></div>"
-    )
-
-
-def _runs_html(runs: pd.DataFrame, factors: list[str]) -> str:
-    probe = [c for c in runs.columns if c.startswith("probe/")]
-    cols = ["variant", "seed", "status", *factors]
-    head = "".join(f"<th>{escape(c)}</th>" for c in [*cols, *probe, "run_id"])
-    rows = []
-    for _, r in runs.iterrows():
-        cells = [f'<td class="txt">{escape(str(r["variant"]))}</td>', f"<td>{r['seed']}</td>"]
-        cells.append(f'<td class="txt">{escape(str(r["status"]))}</td>')
-        cells += [f"<td>{escape(str(r[f]))}</td>" for f in factors]
-        cells += [f"<td>{_pct(r[c], 2)}</td>" for c in probe]
-        cells.append(f'<td class="txt"><code>{escape(r["run_id"])}</code></td>')
-        cls = "" if r["status"] == "FINISHED" else ' class="warn"'
-        rows.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
-    return (
-        f"<details><summary>All {len(runs)} trial runs (probe metrics in %)</summary>\n"
-        f'<div class="scroll"><table id="runs-table"><thead><tr>{head}</tr></thead>\n<tbody>\n'
-        + "\n".join(rows)
-        + "\n</tbody></table></div></details>"
-    )
-
-
-def _figures(sweep: SweepRuns, table: pd.DataFrame) -> list[tuple[str, str, go.Figure]]:
-    if table.empty:
-        return []
-    candidates = [
-        ("fig-scores", "Probe scores", score_bars(table)),
-        ("fig-heatmap", "Two-factor heatmap", average_heatmap(table, sweep.factors)),
-        (
-            "fig-parcoords",
-            "Parallel coordinates",
-            factor_parallel_coordinates(sweep.runs, sweep.factors, table),
-        ),
-        ("fig-curves", "Pretraining curves", pretrain_curves(sweep, table)),
-    ]
-    return [(div_id, title, fig) for div_id, title, fig in candidates if fig is not None]
-
-
-def render_report(sweep: SweepRuns) -> str:
-    """The report page as one HTML string (see `write_report`)."""
-    table = ablation_table(sweep.runs, sweep.factors)
-    parts = [f"<h1>Sweep report: {escape(sweep.name)}</h1>", _header(sweep, table), "<h2>Ablation table</h2>"]
-    if table.empty:
+def render_report(sweep: SweepRuns, summary: Summary | None = None, refresh_s: int | None = None) -> str:
+    """The report page as one HTML string (see `write_report`); ``refresh_s`` makes the browser reload it."""
+    a = analyse(sweep, summary)
+    parts = [f"<h1>Sweep report: {escape(sweep.name)}</h1>", header_html(sweep, a.table, a.summary)]
+    if a.table.empty:
         parts.append('<p class="warn">This sweep has no trial runs yet.</p>')
     else:
-        parts.append(ablation_table_html(table))
-        parts.append(
-            '<p class="caption">Probe scores in %: mean ± 95% CI half-width (Student t) over seeds; '
-            "best per column in bold; n = finished runs counted. Failed and unfinished runs are left out of the "
-            "statistics and counted in brackets.</p>"
-        )
-        parts.append(_runs_html(sweep.runs, sweep.factors))
-    for i, (div_id, title, fig) in enumerate(_figures(sweep, table)):
-        caption = fig.layout.title.text or ""  # shown as HTML under the section heading instead
-        fig.update_layout(title_text="", margin_t=max(30, fig.layout.margin.t - 40))
-        div = pio.to_html(
-            fig, include_plotlyjs=(i == 0), full_html=False, div_id=div_id, config=_PLOTLY_CONFIG
-        )
-        parts.append(
-            f'<h2>{escape(title)}</h2>\n<p class="caption">{escape(caption)}</p>\n<figure>{div}</figure>'
-        )
-    body = "\n".join(parts)
+        parts += ["<h2>Which variant is best, and is the difference real?</h2>", verdict_html(a.table, sweep),
+                  '<h2 id="table">Ablation table</h2>', f'<p class="caption">{escape(table_caption(a))}</p>',
+                  to_html(a.shown)]
+        first = True
+        for div_id, title, how, view, missing in _sections(a):
+            if title:
+                parts.append(f'<h2 id="{div_id}-h">{escape(title)}</h2>\n<p class="caption">{escape(how)}</p>')
+            if isinstance(view, go.Figure):
+                parts.append(_figure(div_id, view, first))
+                first = False
+            elif isinstance(view, str):
+                parts.append(view)
+            else:
+                parts.append(f'<p class="missing" id="{div_id}-missing">{escape(missing)}</p>')
+        parts.append(runs_html(a.runs, sweep.factors))
+    meta = f'<meta http-equiv="refresh" content="{refresh_s}">\n' if refresh_s else ""
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{escape(sweep.name)} · musicssl sweep report</title>\n<style>{_CSS}</style>\n</head>\n"
-        f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n{meta}'
+        f"<title>{escape(sweep.name)} · musicssl sweep report</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<body>\n<main>\n" + "\n".join(parts) + "\n</main>\n</body>\n</html>\n"
     )
 
 
-def write_report(sweep: SweepRuns, out_path: Path) -> Path:
-    """Write the sweep's report to ``out_path`` as one self-contained offline HTML file.
-
-    The file is written to a temporary name in the same folder and renamed into place, so a reader never
-    sees half a report. Parent folders are created.
-
-    Returns:
-        ``out_path``.
-    """
+def atomic_write(out_path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary name beside ``out_path`` and rename it into place (a reader never sees half
+    a file); parent folders are created."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    page = render_report(sweep)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
 
 
-def build_report(
-    tracking_uri: str, out_path: Path, *, parent_run_id: str | None = None, sweep_name: str | None = None
-) -> Path:
-    """Load a sweep from MLflow (by parent run id, or the latest parent with ``sweep_name``) and write its report.
+def write_report(sweep: SweepRuns, out_path: Path, summary: Summary | None = None,
+                 refresh_s: int | None = None) -> Path:
+    """Write the sweep's report to ``out_path`` as one self-contained offline HTML file.
+
+    Returns:
+        ``out_path``.
+    """
+    return atomic_write(out_path, render_report(sweep, summary, refresh_s))
+
+
+def resolve_parent(tracking_uri: str, *, parent_run_id: str | None = None, sweep_name: str | None = None) -> str:
+    """The sweep parent run id: the one given, or the latest parent run named ``sweep_name``.
 
     Raises:
-        ValueError: Neither or both of ``parent_run_id`` and ``sweep_name`` were given.
+        ValueError: Neither or both were given.
         LookupError: No sweep has that name (the message lists the known ones).
     """
     if parent_run_id is not None and sweep_name is None:
-        run_id = parent_run_id
-    elif sweep_name is not None and parent_run_id is None:
-        run_id = find_parent_run(tracking_uri, sweep_name)
-    else:
-        raise ValueError("build_report: give exactly one of parent_run_id= or sweep_name=")
-    return write_report(load_sweep(tracking_uri, run_id), out_path)
+        return parent_run_id
+    if sweep_name is not None and parent_run_id is None:
+        return find_parent_run(tracking_uri, sweep_name)
+    raise ValueError("build_report: give exactly one of parent_run_id= or sweep_name=")
+
+
+def build_report(tracking_uri: str, out_path: Path, *, parent_run_id: str | None = None,
+                 sweep_name: str | None = None, summary: Summary | None = None, fmt: str = "html",
+                 refresh_s: int | None = None) -> Path:
+    """Load a sweep from MLflow (by parent run id, or the latest parent with ``sweep_name``) and write its report
+    (``fmt`` html) or its ablation table (``csv`` or ``latex``, the same numbers as the page) to ``out_path``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    sweep = load_sweep(tracking_uri, resolve_parent(tracking_uri, parent_run_id=parent_run_id,
+                                                    sweep_name=sweep_name))
+    if fmt == "html":
+        return write_report(sweep, out_path, summary, refresh_s)
+    a = analyse(sweep, summary)
+    caption = f"{tex_escape(sweep.name)}: " + LATEX_CAPTION.format(summary=tex_escape(a.summary.label), alpha=ALPHA)
+    text = to_csv(a.shown) if fmt == "csv" else to_latex(a.shown, caption)
+    return atomic_write(out_path, text)

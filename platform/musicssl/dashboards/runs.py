@@ -3,10 +3,17 @@
 The tags, params and metrics read here are the ones the sweep and trial code write:
 
 - parent run: tags ``musicssl.kind=sweep``, ``musicssl.sweep=<name>``, ``musicssl.factors=<JSON list>``;
-- trial runs: tags ``mlflow.parentRunId``, ``musicssl.kind=trial``, ``musicssl.variant``, ``musicssl.cell``,
-  ``musicssl.seed``; params = the flattened config (dotted keys, values stored as ``str(value)``);
-  metrics ``pretrain/*`` (curves, logged with steps) and ``probe/<task>/<metric>``, ``probe/<task>/score``,
-  ``probe/average`` (single values).
+- parent run: also ``musicssl.baseline`` (the baseline variant's name), ``musicssl.variants`` (JSON list, file order),
+  param ``probe`` (JSON: the sweep's probe job resources);
+- trial runs: tags ``mlflow.parentRunId``, ``musicssl.kind=trial``, ``musicssl.variant``, ``musicssl.variant_name``,
+  ``musicssl.cell``, ``musicssl.seed``, ``musicssl.baseline``, ``musicssl.paradigm``, ``musicssl.stopped_early``,
+  ``musicssl.cpus`` / ``musicssl.gpus`` / ``musicssl.device``; params = the flattened config (dotted keys, values
+  stored as ``str(value)``); metrics ``pretrain/*`` (curves), ``cost/pretrain_s``, and per probed checkpoint
+  (step = the checkpoint's step) ``probe/<task>/<metric>``, ``probe/<task>/score``, ``probe/average``;
+- probe runs (children of a trial run, ``musicssl.kind=probe``): tags ``musicssl.task``, ``musicssl.step``,
+  ``musicssl.layer_weights`` (JSON {state: weight}), ``musicssl.device``; metric ``wall_s``.
+
+Older sweeps without some of these load too; the views that need the missing data say so.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -31,7 +38,10 @@ SEED_TAG = "musicssl.seed"
 PARENT_TAG = "mlflow.parentRunId"
 
 RUN_COLUMNS = ["run_id", "status", "variant", "cell", "seed"]
+DETAIL_COLUMNS = ["variant_name", "baseline", "paradigm", "stopped_early", "pretrain_s", "cpus", "gpus", "device"]
 CURVE_COLUMNS = ["run_id", "variant", "seed", "key", "step", "value"]
+HISTORY_COLUMNS = ["run_id", "task", "step", "value"]
+PROBE_RUN_COLUMNS = ["probe_run_id", "run_id", "task", "step", "status", "wall_s", "device", "layer_weights"]
 
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -48,6 +58,14 @@ class SweepRuns:
         curves: Long format ``run_id, variant, seed, key, step, value``, one row per logged point of every
             ``pretrain/*`` metric of every trial.
         parent_run_id: The MLflow run id of the sweep parent run.
+        baseline: The baseline variant's name, or None when the sweep has none.
+        variants: The variant names in the sweep file's order (empty for grid-only sweeps).
+        history: Long format ``run_id, task, step, value``: every logged probe score of every trial
+            (``probe/<task>/score`` at the checkpoint step it was probed at).
+        probe_runs: One row per probe run: ``probe_run_id, run_id`` (its trial), ``task, step, status, wall_s,
+            device, layer_weights`` (a dict {state index: softmax weight}, or None).
+        probe_resources: ``cpus`` and ``gpus`` of one probe job (from the parent's ``probe`` param).
+        tracking_uri: Where the sweep was read from.
     """
 
     name: str
@@ -55,6 +73,12 @@ class SweepRuns:
     runs: pd.DataFrame
     curves: pd.DataFrame
     parent_run_id: str = ""
+    baseline: str | None = None
+    variants: list[str] = field(default_factory=list)
+    history: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HISTORY_COLUMNS))
+    probe_runs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROBE_RUN_COLUMNS))
+    probe_resources: dict[str, float] = field(default_factory=dict)
+    tracking_uri: str = ""
 
 
 def parse_param(text: str) -> Any:
@@ -151,14 +175,33 @@ def _seed(run: Run) -> int | None:
     return None if text is None else int(text)
 
 
-def _run_row(run: Run, factors: list[str]) -> dict[str, Any]:
-    params = run.data.params
+def _float_tag(tags: dict[str, str], key: str) -> float | None:
+    try:
+        return float(tags[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def _run_row(run: Run, factors: list[str], baseline: str | None) -> dict[str, Any]:
+    params, tags, info = run.data.params, run.data.tags, run.info
+    name = tags.get("musicssl.variant_name") or _variant(run)
+    wall = run.data.metrics.get("cost/pretrain_s")
+    if wall is None and info.end_time and info.start_time:  # a sweep from before the cost metric
+        wall = (info.end_time - info.start_time) / 1000
     row: dict[str, Any] = {
-        "run_id": run.info.run_id,
-        "status": run.info.status,
+        "run_id": info.run_id,
+        "status": info.status,
         "variant": _variant(run),
-        "cell": run.data.tags.get(CELL_TAG) or _variant(run),
+        "cell": tags.get(CELL_TAG) or _variant(run),
         "seed": _seed(run),
+        "variant_name": name,
+        "baseline": tags["musicssl.baseline"] == "true" if "musicssl.baseline" in tags else name == baseline,
+        "paradigm": tags.get("musicssl.paradigm") or params.get("model.paradigm"),
+        "stopped_early": _float_tag(tags, "musicssl.stopped_early"),
+        "pretrain_s": wall,
+        "cpus": _float_tag(tags, "musicssl.cpus"),
+        "gpus": _float_tag(tags, "musicssl.gpus"),
+        "device": tags.get("musicssl.device"),
     }
     for factor in factors:
         row[factor] = parse_param(params[factor]) if factor in params else None
@@ -166,8 +209,78 @@ def _run_row(run: Run, factors: list[str]) -> dict[str, Any]:
     return row
 
 
+def _latest_per_step(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    """A metric's history as {step: value}; a step logged twice (a resumed trial) keeps its latest value."""
+    latest: dict[int, tuple[int, float]] = {}
+    for m in client.get_metric_history(run_id, key):
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return {step: value for step, (_, value) in latest.items()}
+
+
+def _curves(client: MlflowClient, children: list[Run]) -> pd.DataFrame:
+    points: list[tuple[str, str, int | None, str, int, float]] = []
+    for run in children:
+        variant, seed = _variant(run), _seed(run)
+        for key in sorted(k for k in run.data.metrics if k.startswith("pretrain/")):
+            history = _latest_per_step(client, run.info.run_id, key)
+            points += [(run.info.run_id, variant, seed, key, step, v) for step, v in history.items()]
+    curves = pd.DataFrame(points, columns=CURVE_COLUMNS)
+    curves["seed"] = curves["seed"].astype("Int64")
+    curves["step"] = curves["step"].astype("int64")
+    curves["value"] = curves["value"].astype(float)
+    return curves.sort_values(["key", "run_id", "step"], kind="stable").reset_index(drop=True)
+
+
+def _history(client: MlflowClient, children: list[Run]) -> pd.DataFrame:
+    """Every probe score of every trial at every probed step (``probe/<task>/score``)."""
+    points: list[tuple[str, str, int, float]] = []
+    for run in children:
+        for key in sorted(k for k in run.data.metrics if k.startswith("probe/") and k.endswith("/score")):
+            task = key.split("/")[1]
+            history = _latest_per_step(client, run.info.run_id, key)
+            points += [(run.info.run_id, task, step, v) for step, v in history.items()]
+    frame = pd.DataFrame(points, columns=HISTORY_COLUMNS)
+    frame["step"] = frame["step"].astype("int64")
+    frame["value"] = frame["value"].astype(float)
+    return frame.sort_values(["run_id", "task", "step"], kind="stable").reset_index(drop=True)
+
+
+def _layer_weights(text: str | None) -> dict[int, float] | None:
+    if not text:
+        return None
+    try:
+        return {int(k): float(v) for k, v in json.loads(text).items()} or None
+    except (ValueError, AttributeError):
+        return None
+
+
+def _probe_runs(client: MlflowClient, experiment_id: str, trial_ids: set[str]) -> pd.DataFrame:
+    rows = []
+    for run in _search_all(client, [experiment_id], f"tags.`{KIND_TAG}` = 'probe'"):
+        tags = run.data.tags
+        if tags.get(PARENT_TAG) not in trial_ids:
+            continue
+        rows.append({
+            "probe_run_id": run.info.run_id, "run_id": tags[PARENT_TAG], "task": tags.get("musicssl.task"),
+            "step": int(tags.get("musicssl.step", -1)), "status": run.info.status,
+            "wall_s": run.data.metrics.get("wall_s"), "device": tags.get("musicssl.device"),
+            "layer_weights": _layer_weights(tags.get("musicssl.layer_weights")),
+        })
+    frame = pd.DataFrame(rows, columns=PROBE_RUN_COLUMNS)
+    frame["wall_s"] = frame["wall_s"].astype(float)
+    return frame.sort_values(["run_id", "task", "step"], kind="stable").reset_index(drop=True)
+
+
+def _json_param(params: dict[str, str], key: str) -> Any:
+    try:
+        return json.loads(params.get(key, "null"))
+    except json.JSONDecodeError:
+        return None
+
+
 def load_sweep(tracking_uri: str, parent_run_id: str) -> SweepRuns:
-    """Load a sweep parent run, its trial child runs and their pretraining curves.
+    """Load a sweep parent run, its trial child runs, their pretraining curves and probe scores, and its probe runs.
 
     Args:
         tracking_uri: MLflow tracking URI, e.g. ``sqlite:///mlflow.db`` or ``http://host:5000``.
@@ -188,6 +301,8 @@ def load_sweep(tracking_uri: str, parent_run_id: str) -> SweepRuns:
             f"(or use find_parent_run(tracking_uri, sweep_name))"
         )
     factors = _read_factors(parent)
+    baseline = parent.data.tags.get("musicssl.baseline") or None
+    variants = json.loads(parent.data.tags.get("musicssl.variants", "[]"))
     children = list(
         _search_all(
             client,
@@ -197,27 +312,24 @@ def load_sweep(tracking_uri: str, parent_run_id: str) -> SweepRuns:
     )
     children.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
-    rows = [_run_row(r, factors) for r in children]
+    rows = [_run_row(r, factors, baseline) for r in children]
     probe_cols = sorted({k for row in rows for k in row if k.startswith("probe/")})
-    runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *factors, *probe_cols])
+    runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *factors, *DETAIL_COLUMNS, *probe_cols])
     runs["seed"] = runs["seed"].astype("Int64")
-    runs[probe_cols] = runs[probe_cols].astype(float)
-
-    points: list[tuple[str, str, int | None, str, int, float]] = []
-    for run in children:
-        variant, seed = _variant(run), _seed(run)
-        for key in sorted(k for k in run.data.metrics if k.startswith("pretrain/")):
-            # a trial resumed from a checkpoint logs the steps after that checkpoint again: keep the latest
-            latest: dict[int, tuple[int, float]] = {}
-            for m in client.get_metric_history(run.info.run_id, key):
-                if m.step not in latest or m.timestamp >= latest[m.step][0]:
-                    latest[m.step] = (m.timestamp, m.value)
-            points += [(run.info.run_id, variant, seed, key, step, v) for step, (_, v) in latest.items()]
-    curves = pd.DataFrame(points, columns=CURVE_COLUMNS)
-    curves["seed"] = curves["seed"].astype("Int64")
-    curves["step"] = curves["step"].astype("int64")
-    curves["value"] = curves["value"].astype(float)
-    curves = curves.sort_values(["key", "run_id", "step"], kind="stable").reset_index(drop=True)
-
-    name = parent.data.tags.get(SWEEP_TAG, parent.info.run_name or parent_run_id)
-    return SweepRuns(name=name, factors=factors, runs=runs, curves=curves, parent_run_id=parent_run_id)
+    runs["baseline"] = runs["baseline"].astype(bool)
+    for col in ("stopped_early", "pretrain_s", "cpus", "gpus", *probe_cols):
+        runs[col] = runs[col].astype(float)
+    probe = _json_param(parent.data.params, "probe") or {}
+    return SweepRuns(
+        name=parent.data.tags.get(SWEEP_TAG, parent.info.run_name or parent_run_id),
+        factors=factors,
+        runs=runs,
+        curves=_curves(client, children),
+        parent_run_id=parent_run_id,
+        baseline=baseline,
+        variants=[str(v) for v in variants] if isinstance(variants, list) else [],
+        history=_history(client, children),
+        probe_runs=_probe_runs(client, parent.info.experiment_id, {r.info.run_id for r in children}),
+        probe_resources={k: float(probe.get(k, 0) or 0) for k in ("cpus", "gpus")} if isinstance(probe, dict) else {},
+        tracking_uri=tracking_uri,
+    )

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ def run_trial(config: dict[str, Any]) -> None:
         if "musicssl.stopped_early" in client.get_run(run_id).data.tags:  # it was interrupted, not stopped by ASHA
             client.delete_tag(run_id, "musicssl.stopped_early")
     log_params(client, run_id, flatten(exp.model_dump(mode="json")))
+    cost = _Cost(client, run_id, ctx)
     run_dir = Path(ctx["trials_dir"]) / trial["key"]
     sink = _ReportingSink(MlflowSink(client, run_id), run_dir, ctx["scheduler_metric"])
     probe_steps = set(trial["probe_steps"])
@@ -82,12 +84,14 @@ def run_trial(config: dict[str, Any]) -> None:
             final = pretrain(exp, run_dir, manifest, sink=sink, on_checkpoint=on_checkpoint, labels=labels,
                              extra_checkpoints=probe_steps)
         sink.flush()
+        cost.log()
         step = json.loads((final / "state.json").read_text())["step"]
         probe(final, step)  # the final checkpoint is always probed (a repeated job id is ignored by the queue)
         log_tags(client, run_id, {"musicssl.checkpoint": str(final)})
         client.set_terminated(run_id, "FINISHED")
     except BaseException as exc:
         sink.flush()
+        cost.log()
         if isinstance(exc, _STOPPED):  # ASHA stopped the trial: not an error
             log_tags(client, run_id, {"musicssl.stopped_early": sink.last_step})
             client.set_terminated(run_id, "KILLED")
@@ -99,6 +103,23 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 _STOPPED = (SystemExit, KeyboardInterrupt)
+
+
+class _Cost:
+    """What a trial's pretraining costs: `cost/pretrain_s` (wall seconds, summed over the attempts of a resumed or
+    retried trial) and the tags `musicssl.cpus` / `musicssl.gpus` (all workers) and `musicssl.device`."""
+
+    def __init__(self, client: MlflowClient, run_id: str, ctx: dict[str, Any]) -> None:
+        self.client, self.run_id, self.t0 = client, run_id, time.monotonic()
+        self.before = client.get_run(run_id).data.metrics.get("cost/pretrain_s", 0.0)
+        workers = int(ctx.get("workers_per_trial", 1))
+        gpus = float(ctx.get("gpus_per_trial", 0)) * workers
+        device = f"cuda ({torch.cuda.get_device_name()})" if gpus and torch.cuda.is_available() else "cpu"
+        log_tags(client, run_id, {"musicssl.cpus": float(ctx.get("cpus_per_trial", 1)) * workers,
+                                  "musicssl.gpus": gpus, "musicssl.device": device})
+
+    def log(self) -> None:
+        self.client.log_metric(self.run_id, "cost/pretrain_s", self.before + time.monotonic() - self.t0)
 
 
 class _ReportingSink:
