@@ -255,9 +255,10 @@ def _layer_weights(text: str | None) -> dict[int, float] | None:
         return None
 
 
-def _probe_runs(client: MlflowClient, experiment_id: str, trial_ids: set[str]) -> pd.DataFrame:
+def _probe_runs(client: MlflowClient, experiment_id: str, sweep: str, trial_ids: set[str]) -> pd.DataFrame:
     rows = []
-    for run in _search_all(client, [experiment_id], f"tags.`{KIND_TAG}` = 'probe'"):
+    query = f"tags.`{KIND_TAG}` = 'probe' and tags.`{SWEEP_TAG}` = '{sweep}'"
+    for run in _search_all(client, [experiment_id], query):
         tags = run.data.tags
         if tags.get(PARENT_TAG) not in trial_ids:
             continue
@@ -320,8 +321,9 @@ def load_sweep(tracking_uri: str, parent_run_id: str) -> SweepRuns:
     for col in ("stopped_early", "pretrain_s", "cpus", "gpus", *probe_cols):
         runs[col] = runs[col].astype(float)
     probe = _json_param(parent.data.params, "probe") or {}
+    name = parent.data.tags.get(SWEEP_TAG, parent.info.run_name or parent_run_id)
     return SweepRuns(
-        name=parent.data.tags.get(SWEEP_TAG, parent.info.run_name or parent_run_id),
+        name=name,
         factors=factors,
         runs=runs,
         curves=_curves(client, children),
@@ -329,7 +331,7 @@ def load_sweep(tracking_uri: str, parent_run_id: str) -> SweepRuns:
         baseline=baseline,
         variants=[str(v) for v in variants] if isinstance(variants, list) else [],
         history=_history(client, children),
-        probe_runs=_probe_runs(client, parent.info.experiment_id, {r.info.run_id for r in children}),
+        probe_runs=_probe_runs(client, parent.info.experiment_id, name, {r.info.run_id for r in children}),
         probe_resources={k: float(probe.get(k, 0) or 0) for k in ("cpus", "gpus")} if isinstance(probe, dict) else {},
         tracking_uri=tracking_uri,
     )
