@@ -23,6 +23,8 @@ def _tree(root: Path) -> None:
     (root / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(100))
     (root / "empty.flac").write_bytes(b"")
     (root / "notes.txt").write_text("not audio")
+    sf.write(root / "tab\there.wav", tone, 16000)  # a good file whose name a manifest line cannot hold
+    sf.write(root / "line\nbreak.wav", tone, 16000)
 
 
 def test_manifest_command(tmp_path: Path, capsys) -> None:
@@ -49,14 +51,16 @@ def test_manifest_command(tmp_path: Path, capsys) -> None:
     sizes = dict(zip(train.paths, train.sizes.tolist(), strict=True))
     assert sizes == {"a/mono16k.wav": 48000, "a/stereo44k.flac": 48000, "b.wav": 48000}  # all at 16 kHz
     rejected = dict(line.split("\t") for line in (out / "rejected.tsv").read_text().splitlines()[1:])
-    assert set(rejected) == {"short.wav", "silent.wav", "corrupt.wav", "empty.flac"}
+    assert set(rejected) == {"short.wav", "silent.wav", "corrupt.wav", "empty.flac", "tab\\there.wav",
+                             "line\\nbreak.wav"}
+    assert all("holds a tab or a line break" in rejected[k] for k in ("tab\\there.wav", "line\\nbreak.wav"))
     assert rejected["short.wav"].startswith("too short: 1.00 s")
     assert rejected["silent.wav"].startswith("silent")
     assert "cannot decode" in rejected["corrupt.wav"]
     assert "empty" in rejected["empty.flac"]
     assert read_manifest(out / "valid.tsv").paths == []
     printed = capsys.readouterr().out
-    assert "3 train + 0 valid files" in printed and "4 files rejected" in printed
+    assert "3 train + 0 valid files" in printed and "6 files rejected" in printed
 
 
 def test_valid_split_is_deterministic(tmp_path: Path) -> None:

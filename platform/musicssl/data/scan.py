@@ -54,8 +54,20 @@ def find_audio(root: Path, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list
     return sorted(found)
 
 
+UNLISTABLE = "\t\n\r"
+"""Characters a fairseq manifest (one tab-separated `path<TAB>samples` line per file) cannot hold in a path."""
+
+
+def escape_path(relpath: str) -> str:
+    """`relpath` with tabs and line breaks written as ``\\t``, ``\\n``, ``\\r`` (one line of `rejected.tsv`)."""
+    return relpath.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def check_file(root: Path, relpath: str, min_samples: int, silence_rms: float) -> FileCheck:
     """Decode one file and judge it; never raises for a bad file."""
+    if any(c in relpath for c in UNLISTABLE):
+        return FileCheck(relpath, 0, "its path holds a tab or a line break, which a manifest line cannot store; "
+                                     "rename the file")
     try:
         wave = read_audio(root / relpath, SAMPLE_RATE)
     except AudioError as exc:
@@ -99,6 +111,7 @@ def scan_to_manifest(root: Path, out_dir: Path, *, valid_percent: float = 0.01, 
     train = write_manifest(out_dir / "train.tsv", root, [(c.relpath, c.samples) for c, v in zip(good, is_valid, strict=True) if not v])
     valid = write_manifest(out_dir / "valid.tsv", root, [(c.relpath, c.samples) for c, v in zip(good, is_valid, strict=True) if v])
     rejected = out_dir / "rejected.tsv"
-    rejected.write_text("path\treason\n" + "".join(f"{c.relpath}\t{c.problem}\n" for c in bad))
+    rejected.write_text("path\treason\n" + "".join(f"{escape_path(c.relpath)}\t{' '.join(str(c.problem).split())}\n"
+                                                    for c in bad))
     hours = sum(c.samples for c in good) / SAMPLE_RATE / 3600
     return ScanResult(train, valid, rejected, int((~is_valid).sum()), int(is_valid.sum()), len(bad), hours)
