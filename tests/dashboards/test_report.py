@@ -85,7 +85,8 @@ def write_real_task_sweep(root: Path, name: str = "paper") -> AblationStore:
                     weights = {layer: (0.4 if layer == 2 else 0.15) for layer in range(5)}
                     probe = client.create_run(exp, run_name=f"probe {task} @ {step}", tags={
                         "mlflow.parentRunId": run_id, "musicssl.kind": "probe", "musicssl.task": task,
-                        "musicssl.step": str(step), "musicssl.layer_weights": json.dumps(weights)}).info.run_id
+                        "musicssl.step": str(step), "musicssl.sweep": name,
+                        "musicssl.layer_weights": json.dumps(weights)}).info.run_id
                     client.log_metric(probe, "wall_s", 20.0, step=step)
                     client.set_terminated(probe, "FINISHED")
             client.set_terminated(run_id, "FINISHED")
