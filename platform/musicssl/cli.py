@@ -28,20 +28,55 @@ def demo_sweep_path() -> Path:
     return Path(str(resources.files("musicssl") / "sweeps" / "demo.yaml"))
 
 
+def _sweep_status(file: str, overrides: list[str], smoke: bool, state_dir: Path) -> int:
+    from musicssl.sweep.spec import load_sweep
+    from musicssl.sweep.status import format_status, sweep_status
+
+    try:
+        print(format_status(*sweep_status(load_sweep(file, overrides, smoke=smoke), state_dir)))
+    except FileNotFoundError as e:
+        print(f"musicssl sweep status: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from musicssl.sweep.checks import load_checked
     from musicssl.sweep.tune import default_state_dir, run_sweep
 
     state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
+    if args.file == "status" and args.overrides and not Path("status").exists():  # `musicssl sweep status FILE`
+        return _sweep_status(args.overrides[0], args.overrides[1:], args.smoke, state_dir)
     # every problem of every stage fails here, before Ray, data preparation or MLflow start
     sweep = load_checked(args.file, args.overrides, smoke=args.smoke, state_dir=state_dir)
     if args.check:
         print(describe(sweep))
         return 0
+    from musicssl.sweep.recovery import SweepStateError
+
     report = Path(args.report) if args.report else default_report(sweep.cfg.name, state_dir)
     t0 = time.perf_counter()
-    result = run_sweep(sweep, state_dir, report_path=report.resolve(), num_cpus=args.num_cpus)
+    try:
+        result = run_sweep(sweep, state_dir, report_path=report.resolve(), num_cpus=args.num_cpus, mode=args.mode)
+    except SweepStateError as e:
+        print(f"musicssl sweep {args.file}: {e}", file=sys.stderr)
+        return 2
     minutes = (time.perf_counter() - t0) / 60
+    if result.already_ran:
+        done = result.already_ran
+        print(f"[musicssl] sweep {result.name!r} already ran to its end: parent run {done.parent_run_id} is "
+              f"{done.status} ({done.failed} failed trials / probe jobs). Nothing was run again.\n"
+              f"  dashboard    : {result.report} (rebuilt)\n"
+              f"  --rerun-failed reruns only its failed trials and probe jobs under the same parent run;\n"
+              f"  --fresh starts the whole sweep again under a new parent run.")
+        return 0
+    if result.interrupted:
+        from musicssl.sweep.recovery import EXIT_INTERRUPTED
+
+        print(f"\n[musicssl] sweep {result.name!r} interrupted after {minutes:.1f} min; cut short: "
+              f"{', '.join(result.interrupted)}.\n  Nothing is lost: run the same command again to resume it (same "
+              f"MLflow parent run {result.parent_run_id}, each trial from its latest checkpoint).")
+        return EXIT_INTERRUPTED
     print(f"\n[musicssl] sweep {result.name!r}: {result.num_trials - len(result.errors)}/{result.num_trials} "
           f"trials finished in {minutes:.1f} min")
     for err in result.errors:
@@ -245,12 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--smoke", action="store_true",
                         help="shrink the sweep to a CPU run of a few minutes (tiny model, synthetic corpus and "
                              "stand-in tasks, few steps), keeping its variants, grid and seeds")
+        modes = sp.add_mutually_exclusive_group()
+        modes.add_argument("--resume", dest="mode", action="store_const", const="resume", default="auto",
+                           help="resume the interrupted run of this sweep; fail if there is none (running the "
+                                "same command again resumes too)")
+        modes.add_argument("--rerun-failed", dest="mode", action="store_const", const="rerun-failed",
+                           help="rerun only the failed trials and probe jobs of the sweep's latest run, from their "
+                                "latest checkpoints, under the same parent run")
+        modes.add_argument("--fresh", dest="mode", action="store_const", const="fresh",
+                           help="start the sweep again from scratch under a new parent run, even if it ran before")
         sp.add_argument("overrides", nargs="*", help="sweep-file overrides, e.g. base.pretrain.max_steps=50")
 
     d = sub.add_parser("demo", help="run sweeps/demo.yaml on the synthetic corpus (the main job)")
     sweep_options(d)
     d.set_defaults(func=_cmd_demo)
-    s = sub.add_parser("sweep", help="run a sweep file through Ray Tune, tracked in MLflow")
+    s = sub.add_parser("sweep", help="run a sweep file through Ray Tune, tracked in MLflow "
+                                     "(`musicssl sweep status FILE`: where each trial of its latest run stands)")
     s.add_argument("file", help="sweep YAML, e.g. sweeps/music2vec_mask.yaml")
     s.add_argument("--check", action="store_true", help="validate everything and list the trials, run nothing")
     sweep_options(s)

@@ -89,6 +89,36 @@ def test_cache_hit_and_foreign_folder(small_corpus, tmp_path):
         C.generate_corpus(SMALL, tmp_path)
 
 
+def test_kill_during_generation_leaves_a_temp_folder_the_next_start_removes(tmp_path):
+    """SIGKILL mid-write skips `finally`: the next start removes that dead writer's temp folder (this host's,
+    its process gone) and leaves a live writer's alone."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    cfg = SyntheticCorpusConfig(seed=5, num_pieces=64, piece_seconds=4.0, probe_clips=12, clip_seconds=0.5)
+    code = ("import sys; from musicssl.config import SyntheticCorpusConfig as S; from musicssl.data.corpus import "
+            f"generate_corpus; generate_corpus(S(**{cfg.model_dump()!r}), sys.argv[1])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    final = C.corpus_dir(cfg, tmp_path)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(f".{final.name}.tmp-*")) and time.time() < deadline:
+        assert proc.poll() is None, "the writer ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (left,) = tmp_path.glob(f".{final.name}.tmp-*")
+    assert f"-{proc.pid}-" in left.name and not final.exists()
+    live = tmp_path / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-abcdef12"  # a live writer (us)
+    live.mkdir()
+    assert C.generate_corpus(cfg, tmp_path) == final and (final / "DONE").is_file()
+    assert not left.exists() and live.exists()
+
+
 def test_registry_and_label_files(small_corpus, tmp_path):
     assert list(C.PROBE_TASKS) == [
         "synth_pitch",

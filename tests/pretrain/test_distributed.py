@@ -92,3 +92,49 @@ def test_two_workers_equal_one_worker_with_the_whole_batch(paradigm: str, tmp_pa
     torch.manual_seed(0)
     initial = build_model(_cfg(paradigm).model).state_dict()
     assert any(not torch.equal(initial[k], single_state[k]) for k in initial)
+
+
+def _pretrain_worker(rank: int, world: int, port: int, run_dir: Path, manifest_path: Path, die_at: int) -> None:
+    """One of `world` gloo workers running the real pretraining loop; rank 0 dies (os._exit, no cleanup) right
+    after writing the checkpoint at step `die_at` (0: never), as a crashed node would."""
+    from musicssl.config import DataConfig, PretrainConfig
+    from musicssl.data.manifest import read_manifest
+    from musicssl.models.presets import tiny
+    from musicssl.pretrain.loop import pretrain
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+    def die(path: Path, step: int, metrics: dict[str, float]) -> None:
+        if step == die_at:
+            os._exit(17)
+
+    cfg = ExperimentConfig(model=tiny(), data=DataConfig(max_sample_size=16000, min_sample_size=8000, max_tokens=32000),
+                           pretrain=PretrainConfig(max_steps=6, checkpoint_every=3, device="cpu"))
+    pretrain(cfg, run_dir, read_manifest(manifest_path),
+             dist=DistContext(rank, world, torch.device("cpu")), on_checkpoint=die)
+    dist.destroy_process_group()
+
+
+def test_two_workers_resume_exactly_with_every_ranks_rng(tiny_corpus: Path, tmp_path: Path) -> None:
+    """Dropout and masks draw from each rank's own RNG streams: a resumed 2-worker run equals the straight one bit
+    for bit only when every rank's streams are saved in the checkpoint and restored."""
+    from safetensors.torch import load_file
+
+    from musicssl.pretrain.checkpoint import load_checkpoint_rng
+
+    manifest = tiny_corpus / "pretrain" / "train.tsv"
+    mp.spawn(_pretrain_worker, args=(2, _free_port(), tmp_path / "straight", manifest, 0), nprocs=2, join=True)
+    with pytest.raises(mp.ProcessExitedException, match="exit code 17"):
+        mp.spawn(_pretrain_worker, args=(2, _free_port(), tmp_path / "split", manifest, 3), nprocs=2, join=True)
+    assert (tmp_path / "split" / "checkpoints" / "latest").read_text() == "step_000000003"
+    rng = load_checkpoint_rng(tmp_path / "split" / "checkpoints" / "step_000000003")
+    assert {"torch", "mask", "rank1.torch", "rank1.mask"} <= rng.keys()
+    assert not torch.equal(rng["torch"], rng["rank1.torch"]), "the ranks draw different dropout"
+    mp.spawn(_pretrain_worker, args=(2, _free_port(), tmp_path / "split", manifest, 0), nprocs=2, join=True)
+
+    ends = [load_file(str(tmp_path / run / "checkpoints" / "step_000000006" / "model.safetensors"))
+            for run in ("straight", "split")]
+    assert ends[0].keys() == ends[1].keys()
+    assert [k for k in ends[0] if not torch.equal(ends[0][k], ends[1][k])] == []

@@ -117,6 +117,7 @@ def test_killed_checkpoint_write_leaves_the_previous_one_and_keep_last(manifest:
     assert json.loads((final / "state.json").read_text())["step"] == 6
     assert sorted(p.name for p in root.glob("step_*")) == sorted({"step_000000003", "step_000000006",
                                                                   best_checkpoint(run).name})
+    assert not tmp.exists() and not list(root.glob(".tmp-*")), "the killed write's temp folder is removed at start"
 
 
 def test_loss_goes_down_on_the_tiny_corpus(manifest: Manifest, tmp_path: Path) -> None:

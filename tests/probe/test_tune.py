@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from musicssl.config import ConfigError, ProbeConfig
+from musicssl.probe import orphans
+from musicssl.probe.orphans import ALIVE, OWNER
 from musicssl.probe.tune import add_tune_parser, open_storage, tune_cli, tune_probe
 from musicssl.tracking.mlflow import sqlite_uri
 
@@ -235,3 +243,68 @@ def test_beat_task_is_tuned_through_the_frame_level_probe(checkpoint: Path, tiny
     assert result.n_complete == 2 and result.n_failed == 0
     assert 0.0 <= result.best_value <= 1.0
     assert set(result.best_test) >= {"beat_f", "beat_precision", "beat_recall"}
+
+
+def test_trials_of_a_killed_process_are_marked_failed_when_the_study_resumes(
+    checkpoint: Path, tiny_corpus: Path, state: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    journal = tmp_path / "killed.journal"
+    cmd = [sys.executable, "-m", "musicssl", "probe", "tune", str(checkpoint), "window_seconds=1.5",
+           "standardize=true", "max_epochs=3000", "early_stop_patience=3000", "--task", "synth_pitch", "--trials", "50",
+           "--storage", str(journal), "--study", "killed", "--state-dir", str(state), "--corpus", str(tiny_corpus),
+           "--tracking-uri", tracking_uri]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    running = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not running:  # a trial past its first epoch: then kill -9
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            time.sleep(0.5)
+            if journal.exists():
+                with contextlib.suppress(KeyError):  # the study is being created
+                    trials = optuna.load_study(study_name="killed", storage=open_storage(str(journal))).trials
+                    running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        assert running, "no trial got past its first epoch within 180 s"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    study = optuna.load_study(study_name="killed", storage=open_storage(str(journal)))
+    (victim,) = [t for t in study.trials if t.state == TrialState.RUNNING]  # the trial it was running when killed
+    assert victim.user_attrs[OWNER]["pid"] == proc.pid
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
+
+    resumed = tune_probe(checkpoint, "synth_pitch", BASE.model_copy(update={"max_epochs": 3}), n_trials=1,
+                         storage=str(journal), study_name="killed", synthetic_root=tiny_corpus,
+                         cache_dir=state / "features", tracking_uri=tracking_uri, device=CPU)
+    assert [n for n, _ in resumed.orphaned] == [victim.number]
+    assert f"process {proc.pid} on " in resumed.orphaned[0][1]
+    study = optuna.load_study(study_name="killed", storage=open_storage(str(journal)))
+    states = {t.number: t.state for t in study.trials}
+    assert states[victim.number] == TrialState.FAIL and resumed.n_failed == 1
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states.values()) == len(states) - 1
+    run = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["musicssl.error"].startswith("orphaned: its process")
+
+
+def test_only_dead_or_silent_trials_count_as_orphans(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "o.journal"))
+    study = optuna.create_study(storage=storage, study_name="o")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    attrs = [
+        {OWNER: orphans.owner()},  # this process: alive
+        {OWNER: orphans.owner() | {"pid": dead.pid}},  # ended
+        {OWNER: {"host": "elsewhere", "pid": 1, "start": 0}, ALIVE: time.time() - 7200},  # silent for 2 h
+        {OWNER: {"host": "elsewhere", "pid": 1, "start": 0}, ALIVE: time.time() - 60},  # reported a minute ago
+        {OWNER: orphans.owner() | {"start": -1}},  # this pid, but another process's start time (pid reused)
+    ]
+    for a in attrs:
+        trial = study.ask()
+        for k, v in a.items():
+            trial.set_user_attr(k, v)
+    marked = orphans.fail_orphaned_trials(optuna.storages.get_storage(storage), "o", grace_s=3600)
+    assert [n for n, _ in marked] == [1, 2, 4]
+    assert "has not reported for 72" in marked[1][1] and "on elsewhere" in marked[1][1]
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL,
+                                              TrialState.RUNNING, TrialState.FAIL]

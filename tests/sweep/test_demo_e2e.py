@@ -123,6 +123,8 @@ def test_checkpoints_kept_for_probes_then_pruned(demo: dict) -> None:
         assert not list((ckpts / "pins").glob("*.json")), "every probe job released its pin"
         names = {p.name for p in ckpts.glob("step_*")}  # keep-last-2, plus the best if it is older
         assert {"step_000000100", "step_000000150"} <= names and len(names) <= 3
+    copies = [p for p in demo["state"].glob("sweeps/demo/*/ray/**/*") if p.suffix == ".safetensors"]
+    assert copies == [], "one copy of each checkpoint: Ray Tune's storage holds none"
 
 
 def test_report_table_matches_mlflow(demo: dict) -> None:

@@ -85,7 +85,9 @@ def test_a_failed_probe_job_is_retried_and_never_fails_its_trial(sweep: dict) ->
     assert parent.data.tags["musicssl.failed_probe_jobs"] == str(len(at30))
     assert parent.info.status == "FINISHED"
     assert len(list(sweep["state"].glob("sweeps/asha/*/trials/*/probes/step_000000030/*.failed.json"))) == len(at30)
-    assert not list(sweep["state"].glob("sweeps/asha/*/trials/*/checkpoints/pins/*.json"))
+    # only the jobs that failed for good keep their checkpoint pinned (for --rerun-failed)
+    pinned = list(sweep["state"].glob("sweeps/asha/*/trials/*/checkpoints/pins/*.json"))
+    assert len(pinned) == len(at30), pinned
 
 
 def test_asha_stops_a_trial_on_probe_results(sweep: dict) -> None:
@@ -99,3 +101,38 @@ def test_asha_stops_a_trial_on_probe_results(sweep: dict) -> None:
     assert finished, "the best trial runs to the end"
     for run in finished:
         assert client.get_metric_history(run.info.run_id, "pretrain/loss")[-1].step == 60
+
+
+def test_finished_sweep_is_not_run_again_and_rerun_failed_reruns_only_the_failed_jobs(sweep: dict, mlflow_runs:
+                                                                                      Callable, capsys) -> None:
+    """Runs last: it changes the sweep's state (the failed step-30 probe jobs run again, without the fault)."""
+    import ray
+
+    args = ["sweep", str(sweep["state"].parent / "asha.yaml"), "--state-dir", str(sweep["state"]),
+            "--report", str(sweep["state"].parent / "r.html"), "--num-cpus", "3"]
+    before = {r.info.run_id: r for r in sweep["runs"]["trial"]}
+    try:
+        assert main(args) == 0  # the same command again: the sweep ran to its end, nothing runs again
+        out = capsys.readouterr().out
+        assert "already ran to its end" in out and "--rerun-failed" in out and "--fresh" in out
+        assert main([*args, "--resume"]) == 2
+        assert "nothing to resume" in capsys.readouterr().err
+        assert main([*args, "--rerun-failed"]) == 0
+    finally:
+        ray.shutdown()
+    client, kinds = mlflow_runs(sweep["state"])
+    assert len(kinds["sweep"]) == 1 and kinds["sweep"][0].info.status == "FINISHED", "the same parent run"
+    assert {r.info.run_id for r in kinds["trial"]} == set(before), "no trial run was added"
+    for run in kinds["trial"]:  # no trial failed, so none ran again: histories unchanged
+        old = before[run.info.run_id]
+        assert run.info.status == old.info.status
+        assert len(client.get_metric_history(run.info.run_id, "pretrain/loss")) == len(
+            sweep["client"].get_metric_history(run.info.run_id, "pretrain/loss"))
+    at30 = [p for p in kinds["probe"] if p.data.tags["musicssl.step"] == "30"]
+    assert at30 and all(p.info.status == "FINISHED" for p in at30), "the failed jobs ran again and succeeded"
+    for run in at30:
+        scores = client.get_metric_history(run.data.tags["mlflow.parentRunId"], "probe/synth_pitch/score")
+        assert [h.step for h in scores].count(30) == 1
+    state = sweep["state"]
+    assert not list(state.glob("sweeps/asha/*/trials/*/probes/step_*/*.failed.json"))
+    assert not list(state.glob("sweeps/asha/*/trials/*/checkpoints/pins/*.json"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,13 @@ def test_two_ray_train_workers_match_one_worker_with_the_doubled_batch(tmp_path:
     assert sorted(ddp) == [8, 16]
     ckpt = Path(run.data.tags["musicssl.checkpoint"])
     assert ckpt.name == "step_000000016"
+    # the workers' reports reached the Tune trial, naming each checkpoint where it lies (no copy anywhere else)
+    results = [json.loads(line) for p in state.glob("sweeps/ddp/*/ray/tune*/*/result.json")
+               for line in p.read_text().splitlines()]
+    reported = {r["step"]: r["checkpoint_dir"] for r in results if "checkpoint_dir" in r}
+    assert sorted(reported) == [8, 16] and Path(reported[16]) == ckpt, results
+    weights = list(state.glob("sweeps/ddp/**/*.safetensors"))
+    assert weights and all("checkpoints" in p.relative_to(state).parts for p in weights), weights
 
     # the same experiment in one process with twice the samples per batch
     exp: ExperimentConfig = load_sweep(f).trials[0].experiment

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
@@ -420,6 +421,23 @@ def assign_splits(labels: Sequence[Any]) -> list[str]:
     return splits
 
 
+def _remove_stale_tmp(final: Path) -> None:
+    """Delete the temporary folders of corpus writes on this host whose process is gone (killed mid-write:
+    `finally` never ran); writes of live processes and of other hosts (a shared mount) are left alone."""
+    host = socket.gethostname()
+    prefix = f".{final.name}.tmp-"
+    for tmp in final.parent.glob(f"{prefix}*"):
+        parts = tmp.name[len(prefix):].rsplit("-", 2)  # host, pid, random hex
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def generate_corpus(cfg: SyntheticCorpusConfig, root: str | Path) -> Path:
     """Generate the corpus of `cfg` under `root` (or reuse it) and return its folder.
 
@@ -436,7 +454,8 @@ def generate_corpus(cfg: SyntheticCorpusConfig, root: str | Path) -> Path:
         raise FileExistsError(
             f"{final}: exists but has no DONE marker, so it is not a finished corpus; delete it and run again"
         )
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    _remove_stale_tmp(final)
+    tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         _write_corpus(cfg, tmp, final)
         try:

@@ -58,6 +58,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete the `.tmp-*` folders of checkpoint writes that were killed (a run has one writer, so at its start
+    every such folder is a leftover); returns what was removed."""
+    stale = sorted((run_dir / "checkpoints").glob(".tmp-*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def save_checkpoint(run_dir: Path, cfg: ExperimentConfig, model: nn.Module, encoder: nn.Module,
                     optimizer: torch.optim.Optimizer, state: TrainState, rng: dict[str, torch.Tensor],
                     keep_last: int = 2, score: float | None = None) -> Path:
@@ -174,6 +183,13 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
     state = TrainState(meta["step"], meta["data_epoch"], meta["data_index"], meta.get("extra", {}))
     return state, rng
+
+
+def load_checkpoint_rng(path: Path) -> dict[str, torch.Tensor]:
+    """The RNG states saved with a checkpoint: ``torch`` / ``mask`` of rank 0 and ``rank<r>.<name>`` of the other
+    ranks of a multi-worker run."""
+    flat = load_file(str(path / "optimizer.safetensors"))
+    return {key.removeprefix("rng."): value for key, value in flat.items() if key.startswith("rng.")}
 
 
 def load_encoder_checkpoint(path: Path) -> tuple[ExperimentConfig, dict[str, torch.Tensor], str]:

@@ -33,6 +33,15 @@ class DistContext:
         if self.world_size > 1:
             torch_dist.barrier()
 
+    def gather_states(self, states: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Every rank's `states` (CPU tensors, e.g. RNG states), in rank order, on every rank."""
+        local = {k: v.cpu() for k, v in states.items()}
+        if self.world_size == 1:
+            return [local]
+        out: list[dict[str, torch.Tensor]] = [{} for _ in range(self.world_size)]
+        torch_dist.all_gather_object(out, local)
+        return out
+
     def all_reduce_grads(self, params: list[nn.Parameter], scalars: list[float]) -> list[float]:
         """Sum every parameter's gradient (missing ones count as zero) and `scalars` over all ranks, in place."""
         device = params[0].device

@@ -3,7 +3,7 @@
 Per update: set the LR, run `update_freq` micro-batches (loss summed over masked frames, backward), divide
 the gradients by the total masked-frame count (fairseq's sample-size normalisation), clip, skip the update
 if anything is non-finite, step, then move the EMA teacher. Checkpoints carry everything needed to
-continue exactly (weights, optimiser, step, data position, RNG states).
+continue exactly (weights, optimiser, step, data position, the RNG states of every rank).
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ from musicssl.data.manifest import Manifest
 from musicssl.models.encoder import num_frames
 from musicssl.models.music2vec import Music2Vec
 from musicssl.models.musichubert import MusicHubert
-from musicssl.pretrain.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from musicssl.pretrain.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 from musicssl.pretrain.distributed import DistContext
 from musicssl.pretrain.optim import build_optimizer, lr_at, set_lr
 
@@ -67,13 +73,16 @@ def read_checked_labels(path: Path, manifest: Manifest, cfg: MusicHubertConfig) 
 def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: MetricSink | None = None,
              on_checkpoint: Callable[[Path, int, dict[str, float]], None] | None = None,
              labels: Path | None = None, dist: DistContext | None = None,
-             extra_checkpoints: Collection[int] = ()) -> Path:
+             extra_checkpoints: Collection[int] = (),
+             after_checkpoint: Callable[[int], None] | None = None) -> Path:
     """Train (or continue from `run_dir`'s latest checkpoint) to `cfg.pretrain.max_steps`; return the final checkpoint.
 
     MusicHuBERT reads its k-means labels from `labels` (or `cfg.data.labels`), checked against the manifest.
     With `dist` (a data-parallel worker, e.g. under Ray Train), every rank trains on its shard of the batches;
     gradients and masked-frame counts are summed over ranks before the update; rank 0 logs and writes checkpoints.
     `extra_checkpoints`: steps that get a checkpoint besides every `checkpoint_every` (e.g. a probe schedule).
+    `on_checkpoint(path, step, metrics)` runs on rank 0 once a checkpoint is written; `after_checkpoint(step)` on
+    every rank once all have passed it (e.g. a collective report to Ray Train).
     """
     pcfg = cfg.pretrain
     dist = dist or DistContext()
@@ -86,15 +95,20 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
     if dist.rank:  # same initial weights on every rank, different dropout
         torch.manual_seed(cfg.seed + 7919 * dist.rank)
     step, position, skipped = 0, DataPosition(), 0
+    if dist.rank == 0:
+        remove_partial_checkpoints(run_dir)  # writes a kill cut short
     resume = latest_checkpoint(run_dir)
     if resume is not None:
         state, rng = load_checkpoint(resume, model, optimizer)
         step, position = state.step, DataPosition(state.data_epoch, state.data_index)
         skipped = int(state.extra.get("skipped_updates", 0))
-        if dist.rank == 0:  # exact resume holds for one worker; other ranks draw fresh streams
-            torch.set_rng_state(rng["torch"])
-            mask_rng.set_state(rng["mask"])
-        else:
+        mine = "" if dist.rank == 0 else f"rank{dist.rank}."  # every rank's streams are saved (exact resume)
+        if f"{mine}torch" in rng:
+            torch.set_rng_state(rng[f"{mine}torch"])
+            mask_rng.set_state(rng[f"{mine}mask"])
+            if device.type == "cuda" and f"{mine}cuda" in rng:
+                torch.cuda.set_rng_state(rng[f"{mine}cuda"], device)
+        else:  # a checkpoint of a run with fewer workers: this rank draws fresh streams
             torch.manual_seed(cfg.seed + 7919 * dist.rank + step)
             mask_rng.manual_seed(cfg.seed + 7919 * dist.rank + step)
         model.num_updates = step
@@ -141,8 +155,12 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
                                         "peak_mem_mb": _peak_memory_mb(device)}
             sink.log({f"pretrain/{k}": v for k, v in metrics.items()}, step)
         if step % pcfg.checkpoint_every == 0 or last or step in extra_checkpoints:
+            streams = {"torch": torch.get_rng_state(), "mask": mask_rng.get_state()}
+            if device.type == "cuda":
+                streams["cuda"] = torch.cuda.get_rng_state(device)
+            ranks = dist.gather_states(streams)  # a collective: every rank takes part
             if dist.rank == 0:
-                rng = {"torch": torch.get_rng_state(), "mask": mask_rng.get_state()}
+                rng = ranks[0] | {f"rank{r}.{k}": v for r, s in enumerate(ranks[1:], 1) for k, v in s.items()}
                 state = TrainState(step, position.epoch, position.index, {"skipped_updates": skipped})
                 path = save_checkpoint(run_dir, cfg, model, model.student, optimizer, state, rng, pcfg.keep_last,
                                        score=float(np.mean(since_ckpt)))
@@ -150,6 +168,8 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
                     on_checkpoint(path, step, {"loss": result.loss})
             since_ckpt = []
             dist.barrier()
+            if after_checkpoint is not None:
+                after_checkpoint(step)
         if out_of_time:
             break
     final = latest_checkpoint(run_dir)

@@ -30,6 +30,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, Jou
 from optuna.trial import FrozenTrial, TrialState
 
 from musicssl.config import ProbeConfig
+from musicssl.probe.orphans import claim, fail_orphaned_trials, heartbeat
 from musicssl.probe.run import load_encoder, task_features, task_lr, train_probe
 from musicssl.probe.tasks import get_task
 from musicssl.tracking.mlflow import MlflowSink, ensure_experiment, log_params, log_tags, start_run
@@ -64,6 +65,8 @@ class TuneResult:
     study_run_id: str | None = None
     tracking_uri: str | None = None
     trial_run_ids: dict[int, str] = field(default_factory=dict)
+    orphaned: list[tuple[int, str]] = field(default_factory=list)
+    """Trials of killed processes this run marked FAIL: (number, reason)."""
 
 
 def open_storage(storage: str) -> str | BaseStorage:
@@ -157,14 +160,18 @@ def tune_probe(
     encoder, digest, normalize = load_encoder(checkpoint)
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
     name = study_name or f"probe-{task.name}-{digest[:12]}"
+    opened = optuna.storages.get_storage(open_storage(storage))
     study = optuna.create_study(
-        storage=open_storage(storage),
+        storage=opened,
         study_name=name,
         direction="maximize",
         load_if_exists=True,
         pruner=pruner,
     )
     _check_study(study, task.name, digest, str(checkpoint))  # before extracting: a wrong study fails fast
+    orphaned = fail_orphaned_trials(opened, name, tracking_uri)  # trials of killed processes (probe/orphans.py)
+    for number, why in orphaned:
+        log.warning("study %s: trial %d marked FAIL: %s", name, number, why)
     sources = {"synthetic_root": synthetic_root, "cache_dir": cache_dir, "data_roots": data_roots, "device": device}
     if task.kind == "beat":  # frame-level: probe_beat extracts (once, cached) inside each trial
         num_states = encoder.cfg.num_layers + 1
@@ -194,12 +201,14 @@ def tune_probe(
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, num_states)
+        claim(trial)
         run = _TrialRun(client, study_run, trial, task.name, params)
         if run.run_id:
             run_ids[trial.number] = run.run_id
 
         def on_epoch(epoch: int, value: float) -> None:
             run.log({f"valid/{metric}": value}, epoch)
+            heartbeat(trial)
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: valid {metric}={value:.4f} below the pruner's bar")
@@ -231,7 +240,7 @@ def tune_probe(
             study.optimize(objective, n_trials=n_trials, timeout=timeout, gc_after_trial=False)
     finally:
         result = summarise(study, storage, task.name, metric)
-        result.tracking_uri, result.trial_run_ids = tracking_uri, run_ids
+        result.tracking_uri, result.trial_run_ids, result.orphaned = tracking_uri, run_ids, orphaned
         if client is not None and study_run is not None:
             result.study_run_id = study_run[0]
             _close_study_run(client, study_run[0], result)
@@ -498,6 +507,8 @@ def tune_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout=args.timeout,
     )
+    for number, why in r.orphaned:
+        print(f"trial {number} of an earlier run marked failed: {why}")
     print(f"study {r.study_name!r}: {r.n_complete} complete, {r.n_pruned} pruned, {r.n_failed} failed trials")
     if r.best_number < 0:
         print("no complete trial yet")

@@ -74,14 +74,22 @@ def latest_result(run_dir: Path, metric: str) -> tuple[int, float] | None:
     return int(data["step"]), float(data["score"])
 
 
-def pending_jobs(trials_dir: Path) -> list[dict[str, Any]]:
-    """Job specs of every pin left on disk by an interrupted sweep (jobs that never finished)."""
+def pending_jobs(trials_dir: Path, include_failed: bool = False) -> list[dict[str, Any]]:
+    """Job specs of every pin left on disk by an interrupted sweep (jobs that never finished); jobs that failed for
+    good only with ``include_failed`` (their failure records are then removed: they run again)."""
     from musicssl.pretrain.checkpoint import pins
 
     jobs = []
     for root in sorted(trials_dir.glob("*/checkpoints")):
         for payloads in pins(root).values():
-            jobs += [p for p in payloads if "id" in p and not result_path(p).exists()]
+            for job in payloads:
+                if "id" not in job or result_path(job).exists():
+                    continue
+                if failure_path(job).exists():
+                    if not include_failed:
+                        continue
+                    failure_path(job).unlink()
+                jobs.append(job)
     return jobs
 
 
@@ -147,14 +155,16 @@ class ProbeQueue:
 
 
 def _give_up(job: dict[str, Any], error: str) -> None:
-    """A job that failed for good: its failure recorded beside the results, its pin released."""
-    from musicssl.pretrain.checkpoint import unpin_checkpoint
-
-    path = result_path(job).with_suffix(".failed.json")
+    """A job that failed for good: its failure recorded beside the results. Its checkpoint stays pinned so that
+    `musicssl sweep FILE --rerun-failed` can run the job again (a fresh run of the sweep does not need it)."""
+    path = failure_path(job)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"id": job["id"], "error": error}))
-    if job["pinned"]:
-        unpin_checkpoint(Path(job["checkpoint"]), f"probe-{job['task']}")
+    _write_json(path, {"id": job["id"], "error": error})
+
+
+def failure_path(job: dict[str, Any]) -> Path:
+    """`<trial>/probes/step_<step>/<task>.failed.json`: a job that failed for good."""
+    return result_path(job).with_suffix(".failed.json")
 
 
 @ray.remote(max_retries=0)

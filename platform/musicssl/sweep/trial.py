@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -18,12 +16,13 @@ from typing import Any
 
 import torch
 from mlflow.tracking import MlflowClient
-from ray import tune
+from ray import get_runtime_context, tune
 
 from musicssl.config import ExperimentConfig, flatten
 from musicssl.data.manifest import read_manifest
 from musicssl.pretrain.checkpoint import latest_checkpoint
 from musicssl.pretrain.loop import pretrain
+from musicssl.sweep.faults import maybe_fail
 from musicssl.sweep.probes import latest_result, submit_probes
 from musicssl.tracking.mlflow import MlflowSink, find_child_run, log_params, log_tags, start_run
 
@@ -46,12 +45,14 @@ def run_trial(config: dict[str, Any]) -> None:
                            parent_run_id=ctx["parent_run_id"])
     else:  # a retried or resumed trial continues its run
         client.update_run(run_id, status="RUNNING")
-        if "musicssl.stopped_early" in client.get_run(run_id).data.tags:  # it was interrupted, not stopped by ASHA
-            client.delete_tag(run_id, "musicssl.stopped_early")
+        tags = client.get_run(run_id).data.tags
+        for stale in ("musicssl.stopped_early", "musicssl.interrupted"):  # it runs again: neither holds any more
+            if stale in tags:
+                client.delete_tag(run_id, stale)
     log_params(client, run_id, flatten(exp.model_dump(mode="json")))
     cost = _Cost(client, run_id, ctx)
     run_dir = Path(ctx["trials_dir"]) / trial["key"]
-    sink = _ReportingSink(MlflowSink(client, run_id), run_dir, ctx["scheduler_metric"])
+    sink = _ReportingSink(_resumed_sink(client, run_id), run_dir, ctx["scheduler_metric"])
     probe_steps = set(trial["probe_steps"])
 
     def probe(path: Path, step: int) -> None:
@@ -64,14 +65,15 @@ def run_trial(config: dict[str, Any]) -> None:
             client.set_terminated(run_id, "FINISHED")
             tune.report({"step": 0})
             return
-        _restore_from_tune(run_dir)
 
         def on_checkpoint(path: Path, step: int, metrics: dict[str, float]) -> None:
             sink.flush()
             if step in probe_steps:
                 probe(path, step)
-            tune.report({"step": step, **metrics, **sink.probe_result()},
-                        checkpoint=tune.Checkpoint.from_directory(str(path)))
+            maybe_fail(trial["key"], step, run_dir)  # MUSICSSL_INJECT_FAULT (recovery tests); unset: nothing
+            # metrics only: the checkpoint stays in the trial's folder on the state storage every node sees (one
+            # copy; a retried or resumed trial continues from it), so Ray Tune keeps no copy of its own
+            tune.report({"step": step, **metrics, **sink.probe_result()})
 
         manifest = read_manifest(ctx["manifest"])
         labels = Path(ctx["labels"]) if ctx.get("labels") else None
@@ -92,12 +94,12 @@ def run_trial(config: dict[str, Any]) -> None:
     except BaseException as exc:
         sink.flush()
         cost.log()
-        if isinstance(exc, _STOPPED):  # ASHA stopped the trial: not an error
-            log_tags(client, run_id, {"musicssl.stopped_early": sink.last_step})
-            client.set_terminated(run_id, "KILLED")
+        if isinstance(exc, _STOPPED):  # ASHA or a Ctrl-C of the sweep stopped the trial: not an error. Which one
+            client.set_terminated(run_id, "KILLED")  # is the driver's to say (the stopped_early / interrupted tag)
             raise
+        failures = int(client.get_run(run_id).data.tags.get("musicssl.failures", 0)) + 1  # Tune may retry it
         log_tags(client, run_id, {"musicssl.error": f"{type(exc).__name__}: {exc}"[:4000],
-                                  "musicssl.traceback": traceback.format_exc()[-7000:]})
+                                  "musicssl.traceback": traceback.format_exc()[-7000:], "musicssl.failures": failures})
         client.set_terminated(run_id, "FAILED")
         raise
 
@@ -105,9 +107,17 @@ def run_trial(config: dict[str, Any]) -> None:
 _STOPPED = (SystemExit, KeyboardInterrupt)
 
 
+def _resumed_sink(client: MlflowClient, run_id: str) -> MlflowSink:
+    """The trial run's sink; a resumed run does not log again the pretraining steps it logged before it stopped
+    (it recomputes them from its latest checkpoint), so its metric history has no repeats."""
+    logged = client.get_metric_history(run_id, "pretrain/loss")
+    return MlflowSink(client, run_id, logged_through={"pretrain/": max(m.step for m in logged)} if logged else {})
+
+
 class _Cost:
     """What a trial's pretraining costs: `cost/pretrain_s` (wall seconds, summed over the attempts of a resumed or
-    retried trial) and the tags `musicssl.cpus` / `musicssl.gpus` (all workers) and `musicssl.device`."""
+    retried trial) and the tags `musicssl.cpus` / `musicssl.gpus` (all workers), `musicssl.device` and
+    `musicssl.node` (the Ray node id of the attempt, so a retry after a lost node shows where it ran)."""
 
     def __init__(self, client: MlflowClient, run_id: str, ctx: dict[str, Any]) -> None:
         self.client, self.run_id, self.t0 = client, run_id, time.monotonic()
@@ -116,7 +126,8 @@ class _Cost:
         gpus = float(ctx.get("gpus_per_trial", 0)) * workers
         device = f"cuda ({torch.cuda.get_device_name()})" if gpus and torch.cuda.is_available() else "cpu"
         log_tags(client, run_id, {"musicssl.cpus": float(ctx.get("cpus_per_trial", 1)) * workers,
-                                  "musicssl.gpus": gpus, "musicssl.device": device})
+                                  "musicssl.gpus": gpus, "musicssl.device": device,
+                                  "musicssl.node": get_runtime_context().get_node_id()})
 
     def log(self) -> None:
         self.client.log_metric(self.run_id, "cost/pretrain_s", self.before + time.monotonic() - self.t0)
@@ -153,6 +164,7 @@ def _pretrain_ray_train(exp: ExperimentConfig, run_dir: Path, ctx: dict[str, Any
     """Pretrain with `workers_per_trial` data-parallel Ray Train workers; rank 0 logs and checkpoints."""
     import ray.train
     from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     workers, cpus, gpus = ctx["workers_per_trial"], ctx["cpus_per_trial"], ctx["gpus_per_trial"]
     trainer = TorchTrainer(
@@ -160,10 +172,11 @@ def _pretrain_ray_train(exp: ExperimentConfig, run_dir: Path, ctx: dict[str, Any
         train_loop_config={"experiment": exp.model_dump(mode="json"), "run_dir": str(run_dir), "run_id": run_id,
                            "tracking_uri": ctx["tracking_uri"], "manifest": ctx["manifest"],
                            "labels": str(labels) if labels else None, "threads": max(1, int(cpus)),
-                           "probe_jobs": probe_jobs},
+                           "probe_jobs": probe_jobs, "metric": ctx["scheduler_metric"]},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
                                                resources_per_worker={"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}),
         run_config=ray.train.RunConfig(name=f"train-{key}", storage_path=str(run_dir / "ray_train"),
+                                       callbacks=[TuneReportCallback()],  # the workers' reports reach Tune
                                        failure_config=ray.train.FailureConfig(max_failures=ctx.get("max_failures", 0))),
     )
     trainer.fit()
@@ -183,7 +196,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     dist = DistContext.from_torch(device if device.type == "cuda" else torch.device("cpu"))
     exp = ExperimentConfig.model_validate(config["experiment"])
-    sink = MlflowSink(MlflowClient(config["tracking_uri"]), config["run_id"]) if dist.rank == 0 else None
+    sink = _resumed_sink(MlflowClient(config["tracking_uri"]), config["run_id"]) if dist.rank == 0 else None
     labels = Path(config["labels"]) if config["labels"] else None
     run_dir, jobs = Path(config["run_dir"]), config["probe_jobs"]
     steps = set(jobs["trial"]["probe_steps"])
@@ -192,23 +205,15 @@ def _train_worker(config: dict[str, Any]) -> None:
         if step in steps:
             submit_probes(jobs["ctx"], jobs["trial"], jobs["run_id"], path, step, run_dir)
 
+    def report(step: int) -> None:
+        """Every rank reports each checkpoint to Ray Train (a collective), which passes rank 0's report on to the
+        Tune trial (ASHA sees probe scores): the step, the newest probe score, and where the checkpoint lies on
+        the shared storage. No checkpoint is handed over, so no copy is made; a retried trial resumes from it."""
+        newest = latest_result(run_dir, config["metric"])
+        ray.train.report({"step": step, "checkpoint_dir": str(run_dir / "checkpoints" / f"step_{step:09d}")}
+                         | ({"probe_metric": newest[1], "probe_metric_step": newest[0]} if newest else {}))
+
     pretrain(exp, run_dir, read_manifest(config["manifest"]), sink=sink, labels=labels, dist=dist,
-             on_checkpoint=on_checkpoint, extra_checkpoints=steps)
+             on_checkpoint=on_checkpoint, extra_checkpoints=steps, after_checkpoint=report)
     if sink is not None:
         sink.flush()
-
-
-def _restore_from_tune(run_dir: Path) -> None:
-    """If Tune hands us a checkpoint (retry on another node) and the run folder has none, unpack it there."""
-    ckpt = tune.get_checkpoint()
-    if ckpt is None or latest_checkpoint(run_dir) is not None:
-        return
-    with ckpt.as_directory() as src:
-        root = run_dir / "checkpoints"
-        step = json.loads((Path(src) / "state.json").read_text())["step"]
-        dst = root / f"step_{step:09d}"
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, dst, dirs_exist_ok=True)
-        tmp = root / "latest.tmp"
-        tmp.write_text(dst.name)
-        os.replace(tmp, root / "latest")

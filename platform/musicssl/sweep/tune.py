@@ -25,6 +25,15 @@ from musicssl.pretrain.prepare import PreparedData, prepare, prepare_probe_only
 from musicssl.sweep.checks import check_cluster
 from musicssl.sweep.console import Console
 from musicssl.sweep.probes import ProbeQueue, pending_jobs
+from musicssl.sweep.recovery import (
+    INTERRUPTED_TAG,
+    AlreadyRan,
+    close_interrupted,
+    earlier_parent,
+    failed_trials,
+    graceful_sigint,
+    trials_to_run,
+)
 from musicssl.sweep.spec import Sweep
 from musicssl.sweep.stages import sweep_record, work_dir, write_trial_index
 from musicssl.sweep.trial import run_trial
@@ -45,6 +54,10 @@ class SweepResult:
     report: Path | None = None
     trials_dir: Path | None = None
     stopped_early: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    """Trials cut short by Ctrl-C (the sweep is resumable: run the same command again)."""
+    already_ran: AlreadyRan | None = None
+    """Set when the sweep had run to its end before and nothing was run (``auto`` mode)."""
 
 
 def default_state_dir() -> Path:
@@ -53,13 +66,37 @@ def default_state_dir() -> Path:
 
 
 def run_sweep(sweep: Sweep, state_dir: Path, *, report_path: Path | None = None, num_cpus: int | None = None,
-              echo: Any = print) -> SweepResult:
-    """Run every trial of a checked `sweep` and its probe jobs (resuming an interrupted run) and write the report."""
+              echo: Any = print, mode: str = "auto") -> SweepResult:
+    """Run every trial of a checked `sweep` and its probe jobs and write the report.
+
+    ``mode`` (`recovery.MODES`): ``auto`` resumes an interrupted run of the sweep and stops at one that ran to
+    its end (`SweepResult.already_ran`); ``resume`` insists on resuming; ``fresh`` starts a new parent run;
+    ``rerun-failed`` reruns the failed trials and probe jobs of the latest run under its parent run.
+
+    Raises:
+        SweepStateError: ``resume`` / ``rerun-failed`` with nothing to resume / rerun.
+    """
     import ray
     from ray import tune
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     cfg = sweep.cfg
     state_dir.mkdir(parents=True, exist_ok=True)
+
+    # 0. an earlier run of this sweep: resume it, stop at a finished one, or start afresh (sweep/recovery.py)
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(state_dir / "mlflow.db")
+    client = MlflowClient(uri)
+    record = sweep_record(state_dir, cfg.name)
+    earlier = earlier_parent(client, record, uri, mode, lambda run_id: work_dir(state_dir, cfg.name, run_id))
+    if isinstance(earlier, AlreadyRan):
+        result = SweepResult(cfg.name, uri, client.get_run(earlier.parent_run_id).info.experiment_id,
+                             earlier.parent_run_id, len(sweep.trials), already_ran=earlier,
+                             trials_dir=work_dir(state_dir, cfg.name, earlier.parent_run_id) / "trials")
+        if report_path is not None:
+            from musicssl.dashboards.report import build_report
+
+            result.report = build_report(uri, report_path, parent_run_id=earlier.parent_run_id)
+        return result
 
     # 1. Ray (in-process on a laptop, the cluster under `ray job submit`); requests no node can hold fail now
     started_ray = not ray.is_initialized()
@@ -87,30 +124,31 @@ def run_sweep(sweep: Sweep, state_dir: Path, *, report_path: Path | None = None,
         trial_data[trial.key] = prepared[key]
 
     # 3. MLflow: store, experiment and parent run exist before any trial starts
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(state_dir / "mlflow.db")
-    client = MlflowClient(uri)
     artifacts = state_dir / "mlartifacts" if uri.startswith("sqlite:") else None
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, artifacts)
-    record = sweep_record(state_dir, cfg.name)
-    parent_id = _resumable_parent(client, record, uri)
+    parent_id = earlier
     resuming = parent_id is not None
     if parent_id is None:
         parent_id = _start_parent(client, experiment_id, sweep, state_dir)
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"parent_run_id": parent_id, "tracking_uri": uri,
                                       "source": sweep.source, "started": time.time()}, indent=1))
+    if resuming and INTERRUPTED_TAG in client.get_run(parent_id).data.tags:
+        client.delete_tag(parent_id, INTERRUPTED_TAG)  # it runs again
     folder = work_dir(state_dir, cfg.name, parent_id)
     write_trial_index(folder, sweep.trials)
     echo(f"[musicssl] MLflow {uri} experiment {cfg.tracking.experiment!r} parent run {parent_id}"
          + (" (resuming)" if resuming else ""))
 
-    # 4. the probe queue: one actor for the sweep, outside every trial's reservation; jobs left pinned by an
-    #    interrupted run of this sweep are submitted again
+    # 4. the probe queue: one actor for the sweep, outside every trial's reservation, on the driver's own node (a
+    #    0-CPU actor may otherwise land on any node, and die with it); jobs left pinned by an interrupted run of
+    #    this sweep are submitted again
     queue_name = f"musicssl-probes-{parent_id[:12]}"
-    queue = ProbeQueue.options(name=queue_name, get_if_exists=True).remote(
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    queue = ProbeQueue.options(name=queue_name, get_if_exists=True, scheduling_strategy=here).remote(
         cfg.probe.max_concurrent, cfg.probe.cpus, cfg.probe.gpus, cfg.probe.max_retries)
     trials_dir = folder / "trials"
-    leftover = pending_jobs(trials_dir)
+    leftover = pending_jobs(trials_dir, include_failed=mode == "rerun-failed")
     for job in leftover:
         queue.submit.remote(job)
     if leftover:
@@ -137,29 +175,39 @@ def run_sweep(sweep: Sweep, state_dir: Path, *, report_path: Path | None = None,
     trial_resources = ({"cpu": 0.01} if res.workers_per_trial > 1 or cfg.checkpoints else
                        {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     trainable = tune.with_resources(_trainable, trial_resources)
-    storage = str((folder / "ray").resolve())
-    exp_path = Path(storage) / "tune"
+    storage = (folder / "ray").resolve()
     console = Console(trials, queue_name, echo)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # probe scores arrive later than the first reports
-    if resuming and tune.Tuner.can_restore(str(exp_path)):
-        echo(f"[musicssl] resuming Ray Tune experiment {exp_path}")
-        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search(list(trials)), "context": context},
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent_trials,
-                                        scheduler=build_scheduler(sweep),
-                                        trial_dirname_creator=lambda tr: tr.config["trial"],
-                                        trial_name_creator=lambda tr: tr.config["trial"]),
-            run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=0, callbacks=[console],
-                                      failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
-        )
+    # a resumed sweep runs the trials that have not ended, each from its own latest checkpoint (sweep/recovery.py)
+    todo = trials_to_run(client, experiment_id, parent_id, list(trials), rerun_failed=mode == "rerun-failed")
+    if resuming:
+        echo(f"[musicssl] resuming: {len(todo)} of {len(trials)} trials still to run (the others ended)")
+    attempt = len(list(storage.glob("tune*")))  # each run of the sweep gets a fresh Tune experiment folder
+    tuner = None if not todo else tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(todo), "context": context},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent_trials,
+                                    scheduler=build_scheduler(sweep),
+                                    trial_dirname_creator=lambda tr: tr.config["trial"],
+                                    trial_name_creator=lambda tr: tr.config["trial"]),
+        run_config=tune.RunConfig(name=f"tune-{attempt}" if attempt else "tune", storage_path=str(storage),
+                                  verbose=0, callbacks=[console],
+                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
+    )
     cluster = ray.cluster_resources()
     echo(f"[musicssl] {len(sweep.trials)} trials ({len({t.cell for t in sweep.trials})} variants x "
          f"{len(cfg.seeds)} seeds) on Ray {cluster.get('CPU', 0):g} CPU / {cluster.get('GPU', 0):g} GPU; probe jobs "
          f"of {cfg.probe.cpus:g} CPU / {cfg.probe.gpus:g} GPU, at most {cfg.probe.max_concurrent} at once")
-    grid = tuner.fit()
+    grid: Any = None
+    with graceful_sigint() as sigint:
+        try:
+            grid = tuner.fit() if tuner is not None else []
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped without its last state save
+            grid = None
+    if sigint["count"] or grid is None:  # Ctrl-C: leave a resumable sweep
+        cut = close_interrupted(client, experiment_id, parent_id, {k: trials[k] for k in todo})
+        return SweepResult(cfg.name, uri, experiment_id, parent_id, len(sweep.trials), trials_dir=trials_dir,
+                           interrupted=cut or ["(no trial had started)"])
 
     # 6. the sweep ends when every probe job has ended too
     echo(f"[musicssl] pretraining done; waiting for probe jobs ({console.probe_summary()})")
@@ -168,8 +216,7 @@ def run_sweep(sweep: Sweep, state_dir: Path, *, report_path: Path | None = None,
     stopped = _close_stopped_trials(client, experiment_id, parent_id, grid, trials, trials_dir, sweep)
 
     # 7. close the parent run and write the report
-    errors = [f"{trials[r.config['trial']]['variant']} seed {trials[r.config['trial']]['seed']}: {r.error}"
-              for r in grid if r.error is not None]
+    errors = failed_trials(client, experiment_id, parent_id)  # this run's and earlier runs' (not rerun)
     probe_failures = [f"{f['job']}: {f['error']}" for f in drained["failed"]]
     result = SweepResult(cfg.name, uri, experiment_id, parent_id, len(sweep.trials), errors, probe_failures,
                          trials_dir=trials_dir, stopped_early=stopped)
@@ -241,7 +288,9 @@ def _close_stopped_trials(client: MlflowClient, experiment_id: str, parent_id: s
     for r in grid:
         info = trials[r.config["trial"]]
         run_id = find_child_run(client, experiment_id, parent_id, info["key"])
-        if r.error is None and run_id is not None and client.get_run(run_id).info.status == "RUNNING":
+        run = client.get_run(run_id) if run_id is not None else None
+        if r.error is None and run is not None and (run.info.status == "RUNNING" or (
+                run.info.status == "KILLED" and not {"musicssl.stopped_early", INTERRUPTED_TAG} & set(run.data.tags))):
             step = (r.metrics or {}).get("step", 0)
             log_tags(client, run_id, {"musicssl.stopped_early": step})
             client.set_terminated(run_id, "KILLED")
@@ -257,17 +306,3 @@ def _trainable(config: dict[str, Any]) -> None:
     trial = dict(context.pop("trials")[config["trial"]])
     context |= {"corpus_dir": trial.pop("corpus_dir"), "manifest": trial.pop("manifest"), "labels": trial.pop("labels")}
     run_trial({"trial": trial, "context": context})
-
-
-def _resumable_parent(client: MlflowClient, sweep_file: Path, uri: str) -> str | None:
-    """The parent run of an unfinished earlier run of this sweep (same tracking store), if any."""
-    if not sweep_file.exists():
-        return None
-    info = json.loads(sweep_file.read_text())
-    if info.get("tracking_uri") != uri:
-        return None
-    try:
-        run = client.get_run(info["parent_run_id"])
-    except Exception:  # the run was deleted or the store replaced: start afresh
-        return None
-    return run.info.run_id if run.info.status == "RUNNING" else None

@@ -89,15 +89,22 @@ class MlflowSink:
     """A `MetricSink` that writes each `log` call's metrics with one `log_batch` (not one call per number).
 
     `flush_every` > 1 buffers that many metrics before writing (for very frequent logging to a remote server).
+    `logged_through` ({key prefix: step}) drops the points of keys with that prefix at or before that step: a run
+    resumed from a checkpoint recomputes steps it had already logged, and its history must not repeat them.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 1) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 1,
+                 logged_through: Mapping[str, int] | None = None) -> None:
         self.client, self.run_id, self.flush_every = client, run_id, flush_every
+        self.logged_through = dict(logged_through or {})
         self.buffer: list[Metric] = []
+
+    def _new(self, key: str, step: int) -> bool:
+        return not any(key.startswith(prefix) and step <= last for prefix, last in self.logged_through.items())
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items() if self._new(k, step)]
         if len(self.buffer) >= self.flush_every:
             self.flush()
 
