@@ -401,7 +401,8 @@ def test_mlflow_address_agrees_everywhere() -> None:
     port = flag(server, "--port")
     assert server[:2] == ["mlflow", "server"] and flag(server, "--host") == "0.0.0.0"
     backend = urlparse(flag(server, "--backend-store-uri"))
-    assert backend.scheme == "postgresql" and backend.hostname in services and backend.path == "/" + \
+    # the driver named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which the server does not have
+    assert backend.scheme == "postgresql+psycopg2" and backend.hostname in services and backend.path == "/" + \
         services["postgres"]["environment"]["POSTGRES_DB"]
     bucket = urlparse(flag(server, "--artifacts-destination"))
     assert bucket.scheme == "s3" and f"/{bucket.netloc}" in " ".join(services["minio-bucket"]["command"])

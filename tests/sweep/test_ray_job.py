@@ -3,31 +3,28 @@
 The cluster is this test's own: its own temporary folder (a short path under /tmp, for Ray's unix sockets), free
 ports, 2 CPUs, and the venv's bin first on PATH (the job's driver inherits the raylet's environment, so that is how
 it finds the `musicssl` console script). Its processes are stopped one by one at the end (those of its process
-group, or whose command line or working directory lies in its temporary folder), never with `ray stop`, which
-would stop every Ray instance on the machine. Every step has a subprocess timeout within one overall budget.
+group, or whose command line or working directory lies in its temporary folder, and their descendants: see
+raycluster.py), never with `ray stop`, which would stop every Ray instance on the machine. Every step has a
+subprocess timeout within one overall budget.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow.artifacts
 import pytest
 from mlflow.tracking import MlflowClient
+from raycluster import free_ports, http_status, ray_start, stop_cluster, tail
 
 pytestmark = pytest.mark.slow
 
@@ -39,72 +36,6 @@ SUBMIT_ARGS = ["musicssl", "sweep", "sweeps/demo.yaml", "--smoke", "seeds=[0]", 
                "base.pretrain.max_steps=30", "probe.every_steps=15"]
 PROBE_STEPS = [15, 30]
 TASKS = {"synth_pitch", "synth_key"}
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _cluster_pids(pgid: int, temp_dir: str) -> list[int]:
-    """Live (non-zombie) processes of this cluster: in the process group `ray start` led, or with the cluster's
-    temporary folder in their command line or as (a parent of) their working directory."""
-    mark = temp_dir.rstrip("/") + "/"
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
-            if state in ("Z", "X"):
-                continue
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            try:
-                cwd = os.readlink(f"/proc/{entry}/cwd") + "/"
-            except OSError:
-                cwd = ""
-        except (OSError, ValueError):
-            continue  # gone meanwhile
-        if int(pgrp) == pgid or mark in cmd or cwd.startswith(mark):
-            pids.append(int(entry))
-    return pids
-
-
-def _stop_cluster(pgid: int, temp_dir: str, grace_s: float, timeout_s: float) -> list[int]:
-    """SIGTERM this cluster's processes, SIGKILL what is left after `grace_s` (gcs_server outlives a SIGTERM by
-    more than 10 s); the pids still alive after `timeout_s`."""
-    now = time.monotonic()
-    for sig, until in ((signal.SIGTERM, now + grace_s), (signal.SIGKILL, now + timeout_s)):
-        for pid in _cluster_pids(pgid, temp_dir):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        while _cluster_pids(pgid, temp_dir) and time.monotonic() < until:
-            time.sleep(0.5)
-    return _cluster_pids(pgid, temp_dir)
-
-
-def _get(url: str, token: str | None = None) -> int:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:  # not listening yet
-        return 0
-
-
-def _tail(path: Path, chars: int = 6000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no output)"
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +55,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     logs = tmp_path_factory.mktemp("ray-job-logs")
     state = tmp_path_factory.mktemp("ray-job-state")
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay short
-    gcs_port, dash_port, client_port, agent_port = _free_ports(4)
+    gcs_port, dash_port, client_port, agent_port = free_ports(4)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env |= {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "RAY_AUTH_MODE": "token",
             "RAY_USAGE_STATS_ENABLED": "0"}
@@ -149,25 +80,19 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     try:
         # the head: its own session (process group), output to a file (daemons must not hold a pipe open)
         t0 = time.monotonic()
-        with open(logs / "start.log", "w") as f:
-            proc = subprocess.Popen(start_cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                    cwd=temp_dir)
-            pgid = proc.pid
-            try:
-                rc = proc.wait(timeout=left(120))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                pytest.fail(f"`ray start` still running after its timeout:\n{_tail(logs / 'start.log')}")
+        pgid, rc = ray_start(start_cmd, env, logs / "start.log", temp_dir, left(120))
+        if rc == -1:
+            pytest.fail(f"`ray start` still running after its timeout:\n{tail(logs / 'start.log')}")
         out["times"]["ray start"] = time.monotonic() - t0
-        assert rc == 0, f"`ray start` exited {rc}:\n{_tail(logs / 'start.log')}"
+        assert rc == 0, f"`ray start` exited {rc}:\n{tail(logs / 'start.log')}"
 
         # the dashboard answers, and only with the token
         url = f"http://127.0.0.1:{dash_port}/api/jobs/"
         until = time.monotonic() + left(60)
-        while (status := _get(url, token)) != 200 and time.monotonic() < until:
+        while (status := http_status(url, token)) != 200 and time.monotonic() < until:
             time.sleep(1)
         out["times"]["ray start + dashboard answering"] = time.monotonic() - t0
-        out["status_with_token"], out["status_without_token"] = status, _get(url)
+        out["status_with_token"], out["status_without_token"] = status, http_status(url)
 
         t0 = time.monotonic()
         with open(logs / "submit.log", "w") as f:
@@ -175,7 +100,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 rc = subprocess.run(submit_cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
                                     timeout=left(330)).returncode
             except subprocess.TimeoutExpired:
-                pytest.fail(f"`ray job submit` still running after its timeout:\n{_tail(logs / 'submit.log')}")
+                pytest.fail(f"`ray job submit` still running after its timeout:\n{tail(logs / 'submit.log')}")
         out["times"]["ray job submit"] = time.monotonic() - t0
         out["submit_rc"], out["submit_output"] = rc, (logs / "submit.log").read_text(errors="replace")
         # reports written inside Ray's temporary folder (its copy of the working directory) would be lost with it
@@ -184,7 +109,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     finally:
         if pgid > 0:
             t0 = time.monotonic()
-            left_alive = _stop_cluster(pgid, temp_dir, grace_s=8, timeout_s=TEARDOWN_S - 3)
+            left_alive = stop_cluster(pgid, temp_dir, grace_s=8, timeout_s=TEARDOWN_S - 3)
             out["times"]["teardown"] = time.monotonic() - t0
         shutil.rmtree(temp_dir, ignore_errors=True)
         out["times"]["whole fixture"] = time.monotonic() - t_all

@@ -4,7 +4,6 @@ repeats, and no checkpoint copies in Ray's storage."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -58,9 +57,10 @@ def test_killed_sweep_resumes(tmp_path: Path) -> None:
     try:
         deadline = time.time() + 300
         while time.time() < deadline:  # kill everything as soon as a trial run is FINISHED
-            if (state / "mlflow.db").exists():
-                with contextlib.suppress(Exception):  # the store may be mid-creation
-                    finished = {c.info.run_id: c for c in _runs(state)[2] if c.info.status == "FINISHED"}
+            # MLflow is read only once a checkpoint exists: opening the store while the driver creates it would
+            # race on its schema migration
+            if list(state.glob("sweeps/resume/*/trials/*/checkpoints/latest")):
+                finished = {c.info.run_id: c for c in _runs(state)[2] if c.info.status == "FINISHED"}
             if finished:
                 break
             assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]

@@ -6,6 +6,7 @@ same parent run, leaving the finished trial untouched. The faults are real excep
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,8 @@ def test_failing_trials_are_retried_then_rerun_alone(tmp_path: Path) -> None:
                                env=env | {"MUSICSSL_INJECT_FAULT": "-s0@20x1,-s1@20x9"})
         assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
         assert "1/2 trials finished" in first.stdout and "FAILED " in first.stdout, first.stdout[-2000:]
+        retries = re.findall(r"\[musicssl\] RETRY  .* seed (\d) failed \(attempt 1\); it starts again", first.stdout)
+        assert sorted(retries) == ["0", "1"], first.stdout[-3000:]
         client, parents, trials = _runs(state)
         assert len(parents) == 1 and parents[0].info.status == "FAILED" and len(trials) == 2
         ok, bad = trials["0"], trials["1"]
@@ -91,7 +94,7 @@ def test_failing_trials_are_retried_then_rerun_alone(tmp_path: Path) -> None:
         rows = {line.split()[2]: line for line in status.stdout.splitlines()[2:4]}
         assert " finished " in rows["0"] and "1 failed attempt(s) (retried), last: InjectedFault" in rows["0"]
         assert " failed " in rows["1"] and "2 failed attempt(s), last: InjectedFault" in rows["1"]
-        assert rows["1"].split()[5] == "30", "the failed trial's latest checkpoint is at step 30"
+        assert rows["1"].split()[4] == "30", "the failed trial's latest checkpoint is at step 30"
 
         again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert again.returncode == 0 and "already ran to its end" in again.stdout, again.stdout[-2000:]

@@ -57,6 +57,11 @@ class Console(tune.Callback):
         self.state[trial.trial_id] = "error"
         self.echo(f"[musicssl] ERROR  {self._name(trial)} (traceback on its MLflow run, tag musicssl.traceback)")
 
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.state[trial.trial_id] = "running"
+        self.echo(f"[musicssl] RETRY  {self._name(trial)} failed (attempt {trial.run_metadata.num_failures}); it "
+                  "starts again from its latest checkpoint, in the same MLflow run")
+
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         now = time.monotonic()
         if now - self.last_poll >= 1.0:

@@ -2,9 +2,10 @@
 
 Set ``MUSICSSL_INJECT_FAULT`` in the environment the trials run in (the driver's, for an in-process Ray; the
 raylets' on a cluster) to a comma-separated list of ``<key-part>@<step>x<times>``: a trial whose key contains
-``<key-part>`` raises `InjectedFault` at its first checkpoint at or after pretraining step ``<step>``, in each of its
-first ``<times>`` attempts (counted in the trial's folder, so retries and resumed sweeps see the count). Example:
-``MUSICSSL_INJECT_FAULT=-s0@20x1,-s1@20x9`` makes seed 0 fail once and seed 1 every time. Unset, nothing happens.
+``<key-part>`` raises `InjectedFault` at its first checkpoint at or after pretraining step ``<step>`` (written, its
+probe jobs not yet handed over), in each of its first ``<times>`` attempts (counted in the trial's folder, so
+retries and resumed sweeps see the count). Example: ``MUSICSSL_INJECT_FAULT=-s0@20x1,-s1@20x9`` makes seed 0
+fail once and seed 1 every time. Unset, nothing happens.
 """
 
 from __future__ import annotations

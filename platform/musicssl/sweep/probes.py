@@ -59,6 +59,30 @@ def submit_probes(ctx: dict[str, Any], trial: dict[str, Any], run_id: str, check
         queue.submit.remote(job)
 
 
+def resubmit_on_resume(ctx: dict[str, Any], trial: dict[str, Any], run_id: str, run_dir: Path,
+                       probe_steps: set[int]) -> int:
+    """A retried trial (its node lost, say) hands over again the probe jobs its earlier attempt may have lost: the
+    pinned ones without a result, and those of its latest checkpoint if that step is on the probe schedule (it
+    died between writing the checkpoint and submitting them). The queue ignores a job id it has seen.
+
+    Returns:
+        How many jobs were handed over.
+    """
+    from musicssl.pretrain.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return 0
+    jobs = pending_jobs(run_dir.parent, trial=run_dir.name)
+    queue = ray.get_actor(ctx["probe_queue"])
+    for job in jobs:
+        queue.submit.remote(job)
+    step = json.loads((latest / "state.json").read_text())["step"]
+    if step in probe_steps:
+        submit_probes(ctx, trial, run_id, latest, step, run_dir)
+    return len(jobs)
+
+
 def result_path(job: dict[str, Any]) -> Path:
     """`<trial>/probes/step_<step>/<task>.json`: a finished job's result."""
     return Path(job["run_dir"]) / RESULTS / f"step_{job['step']:09d}" / f"{job['task']}.json"
@@ -74,13 +98,14 @@ def latest_result(run_dir: Path, metric: str) -> tuple[int, float] | None:
     return int(data["step"]), float(data["score"])
 
 
-def pending_jobs(trials_dir: Path, include_failed: bool = False) -> list[dict[str, Any]]:
-    """Job specs of every pin left on disk by an interrupted sweep (jobs that never finished); jobs that failed for
-    good only with ``include_failed`` (their failure records are then removed: they run again)."""
+def pending_jobs(trials_dir: Path, include_failed: bool = False, trial: str = "*") -> list[dict[str, Any]]:
+    """Job specs of every pin left on disk by an interrupted sweep (jobs that never finished), of every trial or of
+    the one keyed ``trial``; jobs that failed for good only with ``include_failed`` (their failure records are then
+    removed: they run again)."""
     from musicssl.pretrain.checkpoint import pins
 
     jobs = []
-    for root in sorted(trials_dir.glob("*/checkpoints")):
+    for root in sorted(trials_dir.glob(f"{trial}/checkpoints")):
         for payloads in pins(root).values():
             for job in payloads:
                 if "id" not in job or result_path(job).exists():

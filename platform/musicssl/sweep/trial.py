@@ -23,7 +23,7 @@ from musicssl.data.manifest import read_manifest
 from musicssl.pretrain.checkpoint import latest_checkpoint
 from musicssl.pretrain.loop import pretrain
 from musicssl.sweep.faults import maybe_fail
-from musicssl.sweep.probes import latest_result, submit_probes
+from musicssl.sweep.probes import latest_result, resubmit_on_resume, submit_probes
 from musicssl.tracking.mlflow import MlflowSink, find_child_run, log_params, log_tags, start_run
 
 
@@ -68,13 +68,16 @@ def run_trial(config: dict[str, Any]) -> None:
 
         def on_checkpoint(path: Path, step: int, metrics: dict[str, float]) -> None:
             sink.flush()
+            # MUSICSSL_INJECT_FAULT (recovery tests; unset: nothing) fails here, the worst moment: the checkpoint
+            # is written, its probe jobs not yet handed over (the retry hands them over: resubmit_on_resume)
+            maybe_fail(trial["key"], step, run_dir)
             if step in probe_steps:
                 probe(path, step)
-            maybe_fail(trial["key"], step, run_dir)  # MUSICSSL_INJECT_FAULT (recovery tests); unset: nothing
             # metrics only: the checkpoint stays in the trial's folder on the state storage every node sees (one
             # copy; a retried or resumed trial continues from it), so Ray Tune keeps no copy of its own
             tune.report({"step": step, **metrics, **sink.probe_result()})
 
+        resubmit_on_resume(ctx, trial, run_id, run_dir, probe_steps)  # jobs an earlier attempt may have lost
         manifest = read_manifest(ctx["manifest"])
         labels = Path(ctx["labels"]) if ctx.get("labels") else None
         if labels is not None:
