@@ -167,11 +167,12 @@ def failed_probe_jobs(folder: Path) -> list[Path]:
     return sorted(folder.glob("trials/*/probes/step_*/*.failed.json"))
 
 
-def earlier_parent(client: MlflowClient, record: Path, uri: str, mode: str, folder_of: Any
+def earlier_parent(client: MlflowClient | None, record: Path, uri: str, mode: str, folder_of: Any
                    ) -> str | AlreadyRan | None:
     """The parent run this run of the sweep continues, `AlreadyRan`, or None for a new parent run.
 
     Args:
+        client: The sweep's tracking store; None only when `record` does not exist.
         record: The sweep's `sweep.json` (the parent run of its latest run).
         uri: This run's tracking URI (a record of another store does not count).
         mode: One of `MODES`.
@@ -185,7 +186,7 @@ def earlier_parent(client: MlflowClient, record: Path, uri: str, mode: str, fold
     if mode == "fresh":
         return None
     run = None
-    if record.exists():
+    if record.exists() and client is not None:
         info = json.loads(record.read_text())
         if info.get("tracking_uri") == uri:
             try:
@@ -202,6 +203,7 @@ def earlier_parent(client: MlflowClient, record: Path, uri: str, mode: str, fold
         if mode == "rerun-failed":
             raise SweepStateError(f"nothing to rerun: this sweep has no earlier run in {where}")
         return None
+    assert client is not None
     failed = (len(failed_trials(client, run.info.experiment_id, run.info.run_id))
               + len(failed_probe_jobs(folder_of(run.info.run_id))))
     if mode == "auto":

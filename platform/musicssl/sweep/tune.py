@@ -85,10 +85,12 @@ def run_sweep(sweep: Sweep, state_dir: Path, *, report_path: Path | None = None,
 
     # 0. an earlier run of this sweep: resume it, stop at a finished one, or start afresh (sweep/recovery.py)
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(state_dir / "mlflow.db")
-    client = MlflowClient(uri)
     record = sweep_record(state_dir, cfg.name)
+    # no earlier run: the store is not opened yet (a sqlite file would be made before the cluster is checked)
+    client = MlflowClient(uri) if record.exists() else None
     earlier = earlier_parent(client, record, uri, mode, lambda run_id: work_dir(state_dir, cfg.name, run_id))
     if isinstance(earlier, AlreadyRan):
+        assert client is not None
         result = SweepResult(cfg.name, uri, client.get_run(earlier.parent_run_id).info.experiment_id,
                              earlier.parent_run_id, len(sweep.trials), already_ran=earlier,
                              trials_dir=work_dir(state_dir, cfg.name, earlier.parent_run_id) / "trials")
@@ -124,6 +126,7 @@ def run_sweep(sweep: Sweep, state_dir: Path, *, report_path: Path | None = None,
         trial_data[trial.key] = prepared[key]
 
     # 3. MLflow: store, experiment and parent run exist before any trial starts
+    client = client or MlflowClient(uri)
     artifacts = state_dir / "mlartifacts" if uri.startswith("sqlite:") else None
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, artifacts)
     parent_id = earlier
