@@ -28,7 +28,7 @@ browser:  ## install Debian chromium for the dashboard browser test (needs root 
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test: setup browser  ## run the whole test suite, slow end-to-end tests included
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: setup  ## the quick loop: everything but the slow end-to-end tests
 	$(BIN)/python -m pytest -q -m 'not slow'
