@@ -4,7 +4,6 @@ log the page to the sweep's parent run, and optionally keep it fresh while the s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def tracking_uri(explicit: str | None) -> str:
     """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI`` (as the sweep itself), else the state folder's sqlite DB."""
     from musicssl.sweep.tune import default_state_dir
-    from musicssl.tracking.mlflow import sqlite_uri
+    from musicssl.tracking.mlflow import resolve_tracking_uri
 
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(default_state_dir() / "mlflow.db")
+    return resolve_tracking_uri(explicit, default_state_dir())
 
 
 def _is_run_id(text: str) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,7 +463,7 @@ def tune_cli(args: argparse.Namespace) -> int:
     """Run the study of `add_tune_parser`'s arguments and print the best trial."""
     from musicssl.config import ConfigError, SyntheticCorpusConfig, parse, parse_overrides
     from musicssl.data.corpus import generate_corpus
-    from musicssl.tracking.mlflow import sqlite_uri
+    from musicssl.tracking.mlflow import resolve_tracking_uri
 
     overrides = parse_overrides(args.overrides)
     overrides["tasks"] = [args.task]
@@ -492,7 +491,7 @@ def tune_cli(args: argparse.Namespace) -> int:
         corpus = (
             Path(args.corpus) if args.corpus else generate_corpus(SyntheticCorpusConfig(), state / "corpus")
         )
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(state / "mlflow.db")
+    uri = resolve_tracking_uri(args.tracking_uri, state)
     r = tune_probe(
         Path(args.checkpoint),
         args.task,

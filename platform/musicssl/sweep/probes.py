@@ -192,6 +192,11 @@ def failure_path(job: dict[str, Any]) -> Path:
     return result_path(job).with_suffix(".failed.json")
 
 
+def failure_records(trials_dir: Path, trial: str = "*") -> list[Path]:
+    """The failure records (`failure_path`) of the probe jobs that failed for good, of every trial or of one."""
+    return sorted(trials_dir.glob(f"{trial}/{RESULTS}/step_*/*.failed.json"))
+
+
 @ray.remote(max_retries=0)
 def run_probe_job(job: dict[str, Any]) -> dict[str, Any]:
     """One probe job: probe `job['task']` on the frozen encoder of `job['checkpoint']`, log, write the result."""

@@ -27,6 +27,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
+from musicssl.sweep.probes import failure_records
 from musicssl.tracking.mlflow import find_child_run, log_tags
 
 INTERRUPTED_TAG = "musicssl.interrupted"
@@ -71,7 +72,7 @@ def _not_tunes_resume_advice(record: logging.LogRecord) -> bool:
     return not text.startswith(("Stop signal received", "Experiment has been interrupted"))
 
 
-def _trial_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str | None, Any]:
+def trial_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str | None, Any]:
     """The sweep's trial runs by trial key."""
     return {r.data.tags.get("musicssl.trial_key"): r for r in client.search_runs(
         [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`musicssl.kind` = 'trial'",
@@ -82,14 +83,14 @@ def failed_trials(client: MlflowClient, experiment_id: str, parent_id: str) -> l
     """``"<variant> seed <seed>: <error>"`` for every trial run of the sweep that is FAILED."""
     return [f"{r.data.tags.get('musicssl.variant')} seed {r.data.tags.get('musicssl.seed')}: "
             f"{r.data.tags.get('musicssl.error', 'failed')}"
-            for r in _trial_runs(client, experiment_id, parent_id).values() if r.info.status == "FAILED"]
+            for r in trial_runs(client, experiment_id, parent_id).values() if r.info.status == "FAILED"]
 
 
 def trials_to_run(client: MlflowClient, experiment_id: str, parent_id: str, keys: list[str], *,
                   rerun_failed: bool = False) -> list[str]:
     """The trial keys a (resumed) sweep still has to run: no run yet, still RUNNING (the driver died), cut short by
     Ctrl-C, and with ``rerun_failed`` the FAILED ones; not FINISHED nor stopped early by the scheduler."""
-    runs = _trial_runs(client, experiment_id, parent_id)
+    runs = trial_runs(client, experiment_id, parent_id)
     todo = []
     for key in keys:
         run = runs.get(key)
@@ -162,11 +163,6 @@ class AlreadyRan:
     failed: int
 
 
-def failed_probe_jobs(folder: Path) -> list[Path]:
-    """The failure records (`<trial>/probes/step_*/<task>.failed.json`) of a sweep run's probe jobs that failed."""
-    return sorted(folder.glob("trials/*/probes/step_*/*.failed.json"))
-
-
 def earlier_parent(client: MlflowClient | None, record: Path, uri: str, mode: str, folder_of: Any
                    ) -> str | AlreadyRan | None:
     """The parent run this run of the sweep continues, `AlreadyRan`, or None for a new parent run.
@@ -205,7 +201,7 @@ def earlier_parent(client: MlflowClient | None, record: Path, uri: str, mode: st
         return None
     assert client is not None
     failed = (len(failed_trials(client, run.info.experiment_id, run.info.run_id))
-              + len(failed_probe_jobs(folder_of(run.info.run_id))))
+              + len(failure_records(folder_of(run.info.run_id) / "trials")))
     if mode == "auto":
         return AlreadyRan(run.info.run_id, run.info.status, failed)
     if not failed:

@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
 
-from musicssl.sweep.probes import RESULTS, latest_result
-from musicssl.sweep.recovery import INTERRUPTED_TAG
+from musicssl.sweep.probes import failure_records, latest_result
+from musicssl.sweep.recovery import INTERRUPTED_TAG, trial_runs
 from musicssl.sweep.spec import Sweep
 from musicssl.sweep.stages import sweep_record, work_dir
-from musicssl.tracking.mlflow import sqlite_uri
+from musicssl.tracking.mlflow import resolve_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -54,12 +53,9 @@ def sweep_status(sweep: Sweep, state_dir: Path) -> tuple[str, list[TrialStatus]]
     if not record.exists():
         raise FileNotFoundError(f"sweep {cfg.name!r} has not run with the state folder {state_dir} (no {record})")
     info = json.loads(record.read_text())
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(state_dir / "mlflow.db")
-    client = MlflowClient(info.get("tracking_uri", uri))
+    client = MlflowClient(info.get("tracking_uri", resolve_tracking_uri(cfg.tracking.uri, state_dir)))
     parent = client.get_run(info["parent_run_id"])
-    runs = {r.data.tags.get("musicssl.trial_key"): r for r in client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
-        "tags.`musicssl.kind` = 'trial'", max_results=10000)}
+    runs = trial_runs(client, parent.info.experiment_id, parent.info.run_id)
     trials_dir = work_dir(state_dir, cfg.name, parent.info.run_id) / "trials"
     rows = []
     for trial in sweep.trials:
@@ -67,7 +63,7 @@ def sweep_status(sweep: Sweep, state_dir: Path) -> tuple[str, list[TrialStatus]]
         pointer = run_dir / "checkpoints" / "latest"
         step = int(pointer.read_text().strip().split("_")[-1]) if pointer.exists() else None
         newest = latest_result(run_dir, "average")
-        failed_jobs = len(list((run_dir / RESULTS).glob("step_*/*.failed.json")))
+        failed_jobs = len(failure_records(trials_dir, trial.key))
         tags = run.data.tags if run is not None else {}
         attempts = int(tags.get("musicssl.failures", 1 if "musicssl.error" in tags else 0))
         error = (f"{attempts} failed attempt(s){' (retried)' if run.info.status != 'FAILED' else ''}, last: "

@@ -37,7 +37,14 @@ from musicssl.sweep.recovery import (
 from musicssl.sweep.spec import Sweep
 from musicssl.sweep.stages import sweep_record, work_dir, write_trial_index
 from musicssl.sweep.trial import run_trial
-from musicssl.tracking.mlflow import ensure_experiment, git_tags, log_params, log_tags, sqlite_uri, start_run
+from musicssl.tracking.mlflow import (
+    ensure_experiment,
+    git_tags,
+    log_params,
+    log_tags,
+    resolve_tracking_uri,
+    start_run,
+)
 
 
 @dataclass
@@ -84,7 +91,7 @@ def run_sweep(sweep: Sweep, state_dir: Path, *, report_path: Path | None = None,
     state_dir.mkdir(parents=True, exist_ok=True)
 
     # 0. an earlier run of this sweep: resume it, stop at a finished one, or start afresh (sweep/recovery.py)
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(state_dir / "mlflow.db")
+    uri = resolve_tracking_uri(cfg.tracking.uri, state_dir)
     record = sweep_record(state_dir, cfg.name)
     # no earlier run: the store is not opened yet (a sqlite file would be made before the cluster is checked)
     client = MlflowClient(uri) if record.exists() else None

@@ -6,6 +6,7 @@ child runs by explicit run id through `MlflowClient`, in batches.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Mapping
@@ -21,6 +22,12 @@ MAX_PARAM_LEN = 6000
 def sqlite_uri(path: Path) -> str:
     """`sqlite:///` URI of a database file (absolute)."""
     return f"sqlite:///{path.resolve()}"
+
+
+def resolve_tracking_uri(explicit: str | None, state_dir: Path) -> str:
+    """The tracking URI every musicssl command uses: `explicit` (a flag or the sweep's `tracking.uri`), else
+    ``$MLFLOW_TRACKING_URI``, else the state folder's sqlite DB."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(state_dir / "mlflow.db")
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
