@@ -185,3 +185,20 @@ def bench_probe(checkpoint: Path, tasks: tuple[str, ...], corpus: Path, cache_di
     cached = time.perf_counter() - t0
     return {"tasks": list(tasks), "first_s": first, "cached_s": cached, "average": average,
             "scores": {k: r.score for k, r in results.items()}}
+
+
+def bench_standardize(checkpoints: list[Path], tasks: tuple[str, ...], corpus: Path, cache_dir: Path,
+                      overrides: list[str] = ()) -> list[dict[str, Any]]:
+    """Test scores of `tasks` on each checkpoint with `probe.standardize` off and on (everything else from the
+    checkpoint's own probe section and `overrides`): the measurement behind the default."""
+    from musicssl.probe.run import probe_checkpoint, probe_settings
+
+    rows = []
+    for checkpoint in checkpoints:
+        for standardize in (False, True):
+            cfg = probe_settings(checkpoint, [*overrides, f"probe.standardize={standardize}"], "musicssl bench",
+                                 list(tasks))
+            results, average = probe_checkpoint(checkpoint, cfg, synthetic_root=corpus, cache_dir=cache_dir)
+            rows.append({"checkpoint": str(checkpoint), "standardize": standardize, "average": average,
+                         "scores": {k: r.score for k, r in results.items()}})
+    return rows

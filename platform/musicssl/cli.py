@@ -190,16 +190,25 @@ def _cmd_data_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def split_task_arguments(items: list[str]) -> tuple[list[str], list[str]]:
+    """What `--tasks` took, split into task names and `KEY=VALUE` overrides (an option must not eat those)."""
+    return [i for i in items if "=" not in i], [i for i in items if "=" in i]
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from musicssl.config import ProbeConfig, SyntheticCorpusConfig, parse, parse_overrides
+    from musicssl.config import SyntheticCorpusConfig
     from musicssl.data.corpus import generate_corpus
-    from musicssl.probe.run import probe_checkpoint
+    from musicssl.probe.run import probe_checkpoint, probe_settings
+    from musicssl.probe.tasks import TASKS
     from musicssl.sweep.tune import default_state_dir
 
-    overrides = parse_overrides(args.overrides)
-    if args.tasks:
-        overrides["tasks"] = args.tasks
-    cfg = parse(ProbeConfig, overrides, "musicssl probe")
+    tasks, extra = split_task_arguments(args.tasks or [])
+    if args.checkpoint is None:  # `--tasks a b CHECKPOINT`: the last name that is no task is the checkpoint
+        if not tasks or tasks[-1] in TASKS:
+            raise FileNotFoundError("musicssl probe: give the checkpoint to probe (a musicssl checkpoint folder, "
+                                    "a Hugging Face model folder or a fairseq .pt)")
+        args.checkpoint = tasks.pop()
+    cfg = probe_settings(Path(args.checkpoint), [*args.overrides, *extra], "musicssl probe", tasks)
     state = default_state_dir()
     corpus = generate_corpus(SyntheticCorpusConfig(), state / "corpus")
     results, average = probe_checkpoint(Path(args.checkpoint), cfg, synthetic_root=corpus,
@@ -257,6 +266,23 @@ def _cmd_bench_probe(args: argparse.Namespace) -> int:
           f"from cached features {r['cached_s']:.1f} s; average score {100 * r['average']:.1f}")
     for name, score in r["scores"].items():
         print(f"  {name:18s} {100 * score:5.1f}")
+    return 0
+
+
+def _cmd_bench_standardize(args: argparse.Namespace) -> int:
+    from musicssl.bench import bench_standardize
+    from musicssl.config import SyntheticCorpusConfig
+    from musicssl.data.corpus import generate_corpus
+    from musicssl.sweep.tune import default_state_dir
+
+    state = default_state_dir()
+    corpus = generate_corpus(SyntheticCorpusConfig(), state / "corpus")
+    rows = bench_standardize([Path(c) for c in args.checkpoints], tuple(args.tasks), corpus, state / "features",
+                             args.overrides)
+    print(f"{'checkpoint':60s} {'standardize':>11s} " + " ".join(f"{t:>16s}" for t in args.tasks) + "  average")
+    for r in rows:
+        print(f"{r['checkpoint'][-60:]:60s} {str(r['standardize']):>11s} "
+              + " ".join(f"{100 * r['scores'][t]:16.1f}" for t in args.tasks) + f"  {100 * r['average']:7.1f}")
     return 0
 
 
@@ -336,9 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--seed", type=int, default=0)
     dl.set_defaults(func=_cmd_data_labels)
     pr = sub.add_parser("probe", help="probe a checkpoint on tasks; `musicssl probe tune --help` tunes a probe with Optuna")
-    pr.add_argument("checkpoint", help="musicssl checkpoint folder, Hugging Face model folder, or fairseq .pt")
+    pr.add_argument("checkpoint", nargs="?",
+                    help="musicssl checkpoint folder (probed with its own probe section), Hugging Face model folder, "
+                         "or fairseq .pt")
     pr.add_argument("--tasks", nargs="+", help="task names (default: probe.tasks)")
-    pr.add_argument("overrides", nargs="*", help="probe overrides, e.g. lr=5e-3")
+    pr.add_argument("overrides", nargs="*",
+                    help="probe settings, e.g. probe.lr=5e-3 probe.data_roots.gtzan_genre=/data/GTZAN")
     pr.set_defaults(func=_cmd_probe)
     bench = sub.add_parser("bench", help="benchmarks against a named reference, measured in the same run")
     bsub = bench.add_subparsers(dest="bench", required=True)
@@ -370,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "synth_tempo", "synth_beat"])
     bp.add_argument("--cache", help="feature cache folder (default <state>/features; use an empty one for a cold run)")
     bp.set_defaults(func=_cmd_bench_probe)
+    bz = bsub.add_parser("standardize", help="probe scores with probe.standardize off and on, per checkpoint")
+    bz.add_argument("checkpoints", nargs="+", help="checkpoint folders (each probed with its own probe section)")
+    bz.add_argument("--tasks", nargs="+", default=["synth_pitch", "synth_key", "synth_instrument"])
+    bz.add_argument("--set", dest="overrides", nargs="*", default=[], help="probe overrides, e.g. probe.max_epochs=50")
+    bz.set_defaults(func=_cmd_bench_standardize)
     ba = bsub.add_parser("asha", help="ASHA on probe results vs every trial to the end: compute, ranking agreement")
     ba.add_argument("--variants", type=int, default=6, help="variants (of 8 built in)")
     ba.add_argument("--seeds", type=int, default=2)

@@ -8,12 +8,13 @@ and raises one `ConfigError`, so a bad file fails before Ray or MLflow start.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ConvLayers = tuple[tuple[int, int, int], ...]
 BASE_CONV_LAYERS: ConvLayers = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
@@ -127,9 +128,17 @@ class MusicHubertConfig(_Cfg):
     pred_masked_weight: float = Field(1.0, ge=0)
     """Weight of the loss on masked frames."""
     pred_nomask_weight: float = Field(0.0, ge=0)
-    """Weight of the loss on unmasked frames (base: 0; accuracy is still logged)."""
+    """Weight of the loss on unmasked frames (base: 0; accuracy is still logged). When > 0 the unmasked frames
+    join the sample size (the loss and gradient divisor) and so scale the feature penalty, as in fairseq."""
     feature_pen_weight: float = Field(10.0, ge=0)
-    """Weight of the conv-feature L2 penalty (per masked frame, as fairseq's `loss_weights: [10]`)."""
+    """Weight of the conv-feature L2 penalty, multiplied by the sample size (fairseq's `loss_weights: [10]`)."""
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> MusicHubertConfig:
+        if self.pred_masked_weight == 0 and self.pred_nomask_weight == 0:
+            raise ValueError("pred_masked_weight and pred_nomask_weight are both 0: there is nothing to train "
+                             "(the sample size would be 0); HuBERT base uses 1.0 and 0.0")
+        return self
 
 
 class ModelConfig(_Cfg):
@@ -262,9 +271,19 @@ class ProbeConfig(_Cfg):
     layers: Literal["all", "transformer"] | int = "all"
     """`all` = the 13 hidden states (paper text), `transformer` = 12 layers only (MARBLE code), int = one state."""
     data_roots: dict[str, str] = {}
-    """Dataset root folder per real task (e.g. {gtzan_genre: /data/GTZAN}); synthetic tasks need none."""
+    """Dataset root folder per real task (e.g. {gtzan_genre: /data/GTZAN}, `~` expanded); synthetic tasks need none."""
+
+    @field_validator("data_roots")
+    @classmethod
+    def _expand_home(cls, v: dict[str, str]) -> dict[str, str]:
+        return {task: os.path.expanduser(root) for task, root in v.items()}
+
     window_seconds: float = Field(30.0, gt=0.0)
     """Sliding-window length for feature extraction."""
+    protocol: Literal["music2vec", "mert_base"] = "music2vec"
+    """Which MARBLE v1 windowing to follow. `music2vec`: configs/music2vec/*.yaml (the paper's Music2Vec runs),
+    window_seconds for every task and no crop. `mert_base`: the task base configs (MERT-v1 runs), whose EMO and
+    VocalSet windows are 5 s over the first 30 s of each clip; other tasks use window_seconds."""
     hidden_dim: int = Field(512, ge=1)
     """MLP hidden units."""
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
@@ -274,7 +293,7 @@ class ProbeConfig(_Cfg):
     weight_decay: float = Field(0.0, ge=0.0)
     """Adam L2 weight decay."""
     batch_size: int = Field(64, ge=1)
-    """Probe batch size."""
+    """Clips per probe minibatch, each with all its windows (MARBLE: 64 clips); an epoch is ceil(clips / this) steps."""
     max_epochs: int = Field(100, ge=1)
     """Epoch cap."""
     early_stop_patience: int = Field(10, ge=1)
@@ -283,16 +302,41 @@ class ProbeConfig(_Cfg):
     """ReduceLROnPlateau patience (factor 0.5)."""
     beat_tolerance: float = Field(0.07, gt=0)
     """Beat-matching window in seconds: 0.07 as MARBLE's code evaluates (the MARBLE paper's text says 20 ms)."""
-    standardize: bool = False
-    """Z-score every feature dimension of every state with train-split statistics before the probe (MARBLE: no).
-    Tiny or briefly trained encoders give features whose clip-to-clip spread is small next to their offset;
-    standardising lets the MLP see it."""
+    standardize: bool = True
+    """Z-score every feature dimension of every state with train-split statistics before the probe. On by default,
+    chosen by measurement (README, "Faithfulness notes"): raw features of briefly trained encoders leave the probe
+    at chance, z-scored ones do not, and on longer-trained encoders it does not hurt. MARBLE feeds raw features:
+    `false` reproduces it."""
     seed: int = 1234
     """Probe seed (MARBLE: 1234)."""
 
 
+MUSICHUBERT_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"max_sample_size": 250000, "min_sample_size": 32000, "max_tokens": 1400000, "normalize": False},
+    "pretrain": {"max_steps": 400000, "lr": 5e-4, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01,
+                 "scheduler": "polynomial", "warmup_steps": 32000, "clip_norm": 10.0},
+}
+"""The data and optimisation defaults of a MusicHuBERT run: fairseq's `hubert_base_librispeech.yaml` (15.6 s crops,
+1.4M-sample batches, raw waveforms, polynomial decay after 32k warm-up updates, clip norm 10). The field defaults
+above are data2vec's; a MusicHuBERT run takes these instead wherever its config does not set the field."""
+
+
+def _paradigm_of(model: Any) -> str | None:
+    """The paradigm that raw `model` data resolve to (a preset included); None if they do not validate."""
+    if isinstance(model, ModelConfig):
+        return model.paradigm
+    try:
+        return ModelConfig.model_validate({} if model is None else model).paradigm
+    except ValidationError:
+        return None  # ExperimentConfig's own validation reports the problem, with its path
+
+
 class ExperimentConfig(_Cfg):
-    """One pretraining run and the probes of its checkpoints: the unit a sweep varies."""
+    """One pretraining run and the probes of its checkpoints: the unit a sweep varies.
+
+    A MusicHuBERT run's `data` and `pretrain` fields that are not set (by the file, a sweep or the command line)
+    take HuBERT base's values (`MUSICHUBERT_RUN_DEFAULTS`), not the data2vec defaults of the field declarations.
+    """
 
     seed: int = 0
     """Pretraining seed."""
@@ -304,6 +348,20 @@ class ExperimentConfig(_Cfg):
     """Optimisation."""
     probe: ProbeConfig = ProbeConfig()
     """Downstream probes."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paradigm_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or _paradigm_of(data.get("model")) != "musichubert":
+            return data
+        data = dict(data)
+        for section, defaults in MUSICHUBERT_RUN_DEFAULTS.items():
+            given = data.get(section, {})
+            if isinstance(given, BaseModel):  # a config object: only the fields it was given count as set
+                given = given.model_dump(include=given.model_fields_set)
+            if isinstance(given, Mapping):  # anything else is left for validation to report
+                data[section] = {**defaults, **given}
+        return data
 
     @model_validator(mode="after")
     def _paradigm_fits(self) -> ExperimentConfig:
@@ -377,6 +435,22 @@ def parse_overrides(items: Iterable[str], source: str = "command line") -> dict[
     if problems:
         raise ConfigError(source, problems)
     return out
+
+
+def probe_overrides(items: Iterable[str], source: str) -> dict[str, Any]:
+    """`probe.<field>=value` strings (the experiment's own paths, as in sweep files and `musicssl pretrain`) -> the
+    probe section's fields, e.g. `probe.data_roots.gtzan_genre=/data/GTZAN` -> `{data_roots: {gtzan_genre: ...}}`.
+
+    A key without the `probe.` prefix is read as a probe field too (`lr=5e-3`); any other section is an error."""
+    given = parse_overrides(items, source)
+    section = given.pop("probe", {})
+    if not isinstance(section, Mapping):
+        raise ConfigError(source, [f"probe: expected probe.<field>=value, got probe={section!r}"])
+    others = [k for k in given if k not in ProbeConfig.model_fields]
+    if others:
+        raise ConfigError(source, [f"{k}: not a probe setting; this command takes probe.<field>=value "
+                                   f"(fields: {', '.join(ProbeConfig.model_fields)})" for k in others])
+    return deep_merge(given, section)
 
 
 def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[str]:

@@ -238,11 +238,23 @@ def make_giantsteps(root: Path) -> None:
         ("1005", "G major", "1"),
         ("1006", "bb minor", "2"),
         ("1007", "F# major", "2"),
+        ("1008", "E minor", "2"),
+        ("1009", "D major", "2"),
+        ("1010", "D minor", "2"),
+        ("1011", "G minor", "2"),
         ("2001", "C major", "2"),
     ]
     (mtg / "annotations").mkdir(parents=True)
     (mtg / "annotations" / "annotations.txt").write_text(
         "ID\tMANUAL KEY\tC\n" + "".join(f"{i}\t{k}\t{c}\n" for i, k, c in rows)
+    )
+    # MARBLE's rule: an artist is valid when sha1(lower name) % 116 >= 100 (here DJ D, DJ G, DJ Z; the other
+    # DJs hash to train); a track with a valid artist makes its collaborators valid, in file order, twice.
+    artists = {"1001": "DJ A", "1002": "DJ D", "1003": "DJ E", "1004": "DJ E", "1005": "DJ E",
+               "1006": "DJ C, DJ G", "1007": " DJ A ,DJ C", "1008": "DJ E", "1009": "DJ P, DJ Q",
+               "1010": "DJ Q, DJ R", "1011": "DJ R, DJ Z", "2001": "DJ F"}
+    (mtg / "annotations" / "beatport_metadata.txt").write_text(
+        "ID\tARTIST\tTITLE\n" + "".join(f"{i}\t{a}\tSong {i}\n" for i, a in artists.items())
     )
     for i, _, _ in rows:
         audio(mtg / "audio" / f"{i}.LOFI.mp3", seed=int(i))
@@ -257,13 +269,19 @@ def test_giantsteps_subset_split_and_sharp_keys(tmp_path: Path) -> None:
     make_giantsteps(tmp_path)
     got = by_name(get_task("giantsteps_key").load(tmp_path, get_task("giantsteps_key")), ".LOFI.mp3")
     k = KEYS.index
-    # 1003 ambiguous, 1004 unannotated, 1005 confidence 1, 2001 also a test track: all left out of train/valid;
-    # 1002 and 1006 hash under 0.15 (valid)
+    # 1003 ambiguous, 1004 unannotated, 1005 confidence 1, 2001 also a test track: all left out of train/valid.
+    # 1002: DJ D valid. 1006: DJ G valid -> DJ C valid; 1007: DJ C -> DJ A valid, so 1001 (DJ A alone) is valid
+    # too. 1011 -> DJ R (pass 1), 1010 -> DJ Q (pass 2), 1009 -> DJ P: past MARBLE's two passes, where MARBLE
+    # would stop on its assertion. 1008: DJ E train.
     assert got == {
-        "1001": ("train", k("D# minor")),
+        "1001": ("valid", k("D# minor")),
         "1002": ("valid", k("A major")),
         "1006": ("valid", k("A# minor")),
-        "1007": ("train", k("F# major")),
+        "1007": ("valid", k("F# major")),
+        "1008": ("train", k("E minor")),
+        "1009": ("valid", k("D major")),
+        "1010": ("valid", k("D minor")),
+        "1011": ("valid", k("G minor")),
         "2001": ("test", k("C major")),
         "2002": ("test", k("F# major")),
         "2003": ("test", k("B minor")),
@@ -289,7 +307,7 @@ def test_giantsteps_key_parsing_and_layout_errors(tmp_path: Path) -> None:
     make_giantsteps(tmp_path)
     (tmp_path / giantsteps.GS_DIR / "audio" / "2002.LOFI.mp3").unlink()
     with pytest.raises(
-        DatasetLayoutError, match=r"<dataset>/audio/<ID>.LOFI.mp3 .*1 of 7 audio files are missing"
+        DatasetLayoutError, match=r"<dataset>/audio/<ID>.LOFI.mp3 .*1 of 11 audio files are missing"
     ):
         giantsteps.load(tmp_path, get_task("giantsteps_key"))
     (tmp_path / giantsteps.MTG_DIR / "annotations" / "annotations.txt").unlink()
@@ -312,6 +330,7 @@ EMO_SONGS = [
     (8, "Echo Five", "development", 2.2, 3.3),
     (9, "Golf Club", "evaluation", 5.5, 7.1),
     (11, "Hotel Lobby", "evaluation", 3.9, 2.8),
+    (12, "charlie  DUO!", "development", 5.9, 6.1),
 ]
 
 
@@ -335,16 +354,20 @@ def test_emo_official_test_and_artist_disjoint_valid(tmp_path: Path) -> None:
     make_emo(tmp_path)
     examples = get_task("emo").load(tmp_path, get_task("emo"))
     got = by_name(examples, ".mp3")
+    # MARBLE's (jukemir's) rule: sha1("charlie duo") % 10 = 8 or 9 -> valid, the other artists 0-7 -> train;
+    # "charlie  DUO!" normalises to the same name (lower case, letters and single spaces)
     assert {n: s for n, (s, _) in got.items()} == {
         "2": "train",
         "3": "train",
-        "4": "valid",
-        "5": "train",
+        "4": "train",
+        "5": "valid",
         "7": "train",
-        "8": "valid",
+        "8": "train",
         "9": "test",
         "11": "test",
+        "12": "valid",
     }
+    assert emomusic.artist_split("Charlie Duo") == "valid" and emomusic.artist_split("Golf Club") == "valid"
     for song, _, _, arousal, valence in EMO_SONGS:
         target = got[str(song)][1]
         assert isinstance(target, np.ndarray) and target.dtype == np.float32
@@ -433,83 +456,7 @@ def test_nsynth_layout_errors(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- VocalSet
 
 
-def make_vocalset(root: Path) -> None:
-    full = root / "FULL"
-    files = [
-        ("female1", "arpeggios", "belt"),
-        ("female2", "arpeggios", "belt"),
-        ("female6", "long_tones", "vibrado"),
-        ("male1", "scales", "lip_trill"),
-        ("male3", "excerpts", "spoken"),
-        ("male11", "long_tones", "messa"),
-        ("male11", "arpeggios", "vocal_fry"),
-    ]
-    for i, (singer, context, technique) in enumerate(files):
-        short = singer[0] + singer.removeprefix("female").removeprefix("male")  # female1 -> f1
-        audio(full / singer / context / technique / f"{short}_{context}_{technique}_a.wav", seed=i)
-    for i in range(25):  # singer split 12:8:5
-        audio(full / "female4" / "scales" / "straight" / f"f4_scales_straight_{i:02d}.wav", seed=100 + i)
-    (root / "__MACOSX" / "FULL" / "female1").mkdir(parents=True)
-    (root / "__MACOSX" / "FULL" / "female1" / "._f1.wav").write_bytes(b"\0")
-
-
-def test_vocalset_technique_split_by_singer(tmp_path: Path) -> None:
-    make_vocalset(tmp_path)
-    splits = vocalset.technique_singer_splits(tmp_path)
-    assert sorted(s for s, v in splits.items() if v == "test") == [
-        "female2",
-        "female8",
-        "male10",
-        "male3",
-        "male5",
-    ]
-    assert sorted(s for s, v in splits.items() if v == "valid") == [
-        "female6",
-        "female7",
-        "female9",
-        "male11",
-        "male8",
-        "male9",
-    ]
-    assert sum(v == "train" for v in splits.values()) == 9
-    examples = get_task("vocalset_technique").load(tmp_path, get_task("vocalset_technique"))
-    got = {
-        (e.path.parts[-4], e.path.parent.name): (e.split, vocalset.TECHNIQUES[e.target])
-        for e in examples
-        if e.path.parts[-4] != "female4"
-    }
-    assert got == {
-        ("female1", "belt"): ("train", "belt"),
-        ("female2", "belt"): ("test", "belt"),
-        ("female6", "vibrado"): ("valid", "vibrato"),
-        ("male1", "lip_trill"): ("train", "lip_trill"),
-        ("male3", "spoken"): ("test", "spoken"),
-        ("male11", "vocal_fry"): ("valid", "vocal_fry"),
-    }  # messa out
-    assert sum(e.path.parts[-4] == "female4" for e in examples) == 25  # straight is one of the 10
-    (tmp_path / "test_singers_technique.txt").write_text("female1\nmale1\n")
-    splits = vocalset.technique_singer_splits(tmp_path)
-    assert splits["female1"] == splits["male1"] == "test" and splits["female2"] == "train"
-    assert sorted(s for s, v in splits.items() if v == "valid") == [
-        "female7",
-        "female8",
-        "female9",
-        "male10",
-        "male11",
-        "male9",
-    ]
-
-
-def test_vocalset_singer_split_12_8_5_within_each_singer(tmp_path: Path) -> None:
-    make_vocalset(tmp_path)
-    examples = get_task("vocalset_singer").load(tmp_path, get_task("vocalset_singer"))
-    assert len(examples) == 32 and all(e.path.is_file() for e in examples)
-    f4 = [e for e in examples if e.target == vocalset.SINGERS.index("female4")]
-    assert [sum(e.split == s for e in f4) for s in ("train", "valid", "test")] == [12, 8, 5]
-    male11 = [e.split for e in examples if e.target == vocalset.SINGERS.index("male11")]
-    assert sorted(male11) == ["train", "valid"]  # 2 recordings: round(0.96) train, round(0.64) valid, 0 test
-    again = vocalset.load_singer(tmp_path, get_task("vocalset_singer"))
-    assert [(e.path, e.split) for e in again] == [(e.path, e.split) for e in examples]
+# MARBLE's chunks and splits: tests/probe/test_marble_vocalset.py
 
 
 def test_vocalset_layout_errors(tmp_path: Path) -> None:
@@ -595,7 +542,7 @@ def test_mtg_layout_errors(tmp_path: Path) -> None:
 
 
 def test_real_layout_tasks_plug_into_the_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """GTZAN (wav, multiclass, its own lr) and emoMusic (mp3, regression, 5 s windows) from their real layouts
+    """GTZAN (wav, multiclass, its own lr) and emoMusic (mp3, regression) from their real layouts
     through `probe_checkpoint` on a tiny random encoder exported as a Hugging Face folder."""
     torch.manual_seed(0)
     enc_cfg = tiny().encoder
@@ -634,7 +581,7 @@ def test_real_layout_tasks_plug_into_the_probe(tmp_path: Path, monkeypatch: pyte
     assert emo.score == pytest.approx((emo.test["r2_arousal"] + emo.test["r2_valence"]) / 2)
     assert average == pytest.approx((genre.score + emo.score) / 2)
     clips = sorted(np.load(p).tolist() for p in (tmp_path / "cache").glob("*.clip.npy"))
-    assert clips == [list(range(7)), list(range(8))]  # one window per 0.2 s clip (7 GTZAN, 8 emoMusic clips)
+    assert clips == [list(range(7)), list(range(9))]  # one window per 0.2 s clip (7 GTZAN, 9 emoMusic clips)
 
 
 def test_task_settings_apply_marble_values_only_over_defaults() -> None:

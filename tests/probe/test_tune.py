@@ -88,6 +88,7 @@ def test_study_resumes_prunes_and_logs_every_trial_to_mlflow(
         "weight_decay": 1e-6,
         "batch_size": 64,
         "layers": "all",
+        "standardize": True,
     }
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 7
     for t in trials:

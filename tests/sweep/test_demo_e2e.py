@@ -1,7 +1,7 @@
 """The demo sweep end to end: real Ray (in-process), real MLflow (sqlite in a temp dir), real training and probe jobs.
 
 The demo is 3 variants (the baseline and two mask probabilities) x 3 seeds, every checkpoint (50, 100, 150 steps)
-probed on pitch and key by probe jobs that run beside the pretraining.
+probed on pitch, key and composer (real music) by probe jobs that run beside the pretraining.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from musicssl.cli import main
 
 pytestmark = pytest.mark.slow
 STEPS = [50, 100, 150]
-TASKS = ["synth_pitch", "synth_key"]
+TASKS = ["synth_pitch", "synth_key", "music21_composer"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_every_checkpoint_is_probed_on_every_task(demo: dict) -> None:
         average = {h.step: h.value for h in client.get_metric_history(rid, "probe/average")}
         assert sorted(average) == STEPS
         for step in STEPS:  # the paper's Average: the mean of the task scores at that checkpoint
-            assert average[step] == pytest.approx((per_task["synth_pitch"][step] + per_task["synth_key"][step]) / 2)
+            assert average[step] == pytest.approx(sum(per_task[t][step] for t in TASKS) / len(TASKS))
         assert per_task["synth_pitch"][150] > 2 / 12, "pitch probe should clearly beat chance (1/12)"
 
 
@@ -132,7 +132,8 @@ def test_report_table_matches_mlflow(demo: dict) -> None:
     table = html[html.index('<table id="ablation-table">'):]
     table = table[:table.index("</table>")]
     header = re.findall(r"<th[^>]*>([^<]+)</th>", table.split("</thead>")[0])
-    assert header == ["Variant", "synth_key", "synth_pitch", "Average", "runs"]
+    assert header == ["Variant", *sorted(TASKS), "Average", "runs"]
+    at = len(TASKS)  # the Average cell
     rows = {}
     for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], flags=re.S):
         label = re.search(r'<th scope="row">([^<]+)', row).group(1).strip()
@@ -143,10 +144,10 @@ def test_report_table_matches_mlflow(demo: dict) -> None:
         finals = [r.data.metrics for r in demo["runs"]["trial"] if r.data.tags["musicssl.variant"] == label]
         assert cells[-1] == "3", "three seeds per variant"
         averages[label] = 100 * sum(m["probe/average"] for m in finals) / 3
-        assert cells[2].startswith(f"{averages[label]:.1f} ± ") and "n=3" in cells[2]
+        assert cells[at].startswith(f"{averages[label]:.1f} ± ") and "n=3" in cells[at]
     for label in ("prob50", "prob80"):  # the change against the baseline, signed, under each variant's Average
-        delta = re.search(r"([+−])(\d+\.\d)", rows[label][2])
-        assert delta is not None, rows[label][2]
+        delta = re.search(r"([+−])(\d+\.\d)", rows[label][at])
+        assert delta is not None, rows[label][at]
         shown = float(delta.group(2)) * (-1 if delta.group(1) == "−" else 1)
         assert shown == pytest.approx(averages[label] - averages["vanilla"], abs=0.051)
     for view in ("fig-effects", "fig-probe-curves", "fig-layers", "fig-curves", "fig-parcoords", "fig-cost"):

@@ -120,9 +120,10 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A tiny tree in each dataset's real layout (the builders of tests/probe), as `probe.data_roots`."""
     ds = _load("_shipped_sweeps_fake_datasets", REPO / "tests" / "probe" / "test_datasets.py")
     beat = _load("_shipped_sweeps_fake_beat", REPO / "tests" / "probe" / "test_beat.py")
+    vocal = _load("_shipped_sweeps_fake_vocalset", REPO / "tests" / "probe" / "test_marble_vocalset.py")
     top = tmp_path_factory.mktemp("datasets")
     builders = {"MTT": ds.make_mtt, "GS": ds.make_giantsteps, "GTZAN": ds.make_gtzan, "EMO": ds.make_emo,
-                "NSynth": ds.make_nsynth, "VocalSet": ds.make_vocalset, "GTZAN-Rhythm": beat.write_fake_gtzan}
+                "NSynth": ds.make_nsynth, "VocalSet": vocal.make_vocalset, "GTZAN-Rhythm": beat.write_fake_gtzan}
     for folder, build in builders.items():
         (top / folder).mkdir()
         build(top / folder)

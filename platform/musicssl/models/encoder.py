@@ -198,14 +198,28 @@ class SSLEncoder(nn.Module):
         self.mask_emb = nn.Parameter(torch.empty(cfg.embed_dim).uniform_())
         self.encoder = TransformerEncoder(cfg)
 
+    @property
+    def extractor_frozen(self) -> bool:
+        """`feature_grad_mult` 0: the conv extractor runs under no_grad and is no trainable parameter."""
+        return self.cfg.feature_grad_mult == 0
+
     def conv_features(self, source: Tensor) -> Tensor:
-        """source (B, S) waveform -> (B, C, T) conv features, gradient-scaled by `feature_grad_mult`."""
-        x = source[:, None, :]
-        for block in self.feature_extractor["conv_layers"]:
-            x = block(x)
-        if self.cfg.feature_grad_mult != 1.0 and self.training:
+        """source (B, S) waveform -> (B, C, T) conv features, gradient-scaled by `feature_grad_mult`.
+
+        As fairseq's wav2vec2 / HuBERT / data2vec: a multiplier of 0 runs the extractor under `no_grad` (its
+        parameters get no gradient, so no optimiser step, weight decay included, touches them), not a zero gradient.
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.extractor_frozen):
+            x = source[:, None, :]
+            for block in self.feature_extractor["conv_layers"]:
+                x = block(x)
+        if self.cfg.feature_grad_mult not in (0.0, 1.0) and self.training:
             x = GradMultiply.apply(x, self.cfg.feature_grad_mult)
         return x
+
+    def trainable(self, name: str) -> bool:
+        """Whether the parameter `name` (relative to this encoder) trains: all but a frozen extractor's."""
+        return not (self.extractor_frozen and name.startswith("feature_extractor."))
 
     def project(self, conv: Tensor) -> Tensor:
         """(B, C, T) conv features -> (B, T, D) normalised, projected features."""

@@ -27,7 +27,8 @@ class TargetCollapseError(RuntimeError):
 
 @dataclass
 class StepOutput:
-    """One forward pass: `loss_sum` over masked frames (divide by `sample_size`) and logging values."""
+    """One forward pass: `loss_sum` (divide by `sample_size`: the masked frames, plus the unmasked ones when
+    MusicHuBERT weights their loss) and logging values."""
 
     loss_sum: Tensor
     sample_size: int
@@ -47,8 +48,10 @@ class Music2Vec(nn.Module):
         self.num_updates = 0
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Everything but the teacher (fairseq's Adam covers all student parameters, no groups)."""
-        return [p for n, p in self.named_parameters() if not n.startswith("teacher.") and p.requires_grad]
+        """Everything but the teacher (fairseq's Adam covers all student parameters, no groups) and a frozen
+        conv extractor (`feature_grad_mult` 0: fairseq gives it no gradient, so Adam never moves it)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("teacher.") and p.requires_grad
+                and self.student.trainable(n.removeprefix("student."))]
 
     def ema_decay(self, num_updates: int) -> float:
         """Linear ramp from `ema_decay` to `ema_end_decay` over `ema_anneal_end_step` updates."""

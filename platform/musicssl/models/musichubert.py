@@ -47,7 +47,8 @@ class MusicHubert(nn.Module):
         return self.cfg.hubert.num_clusters + (NUM_SPECIALS if self.cfg.hubert.dictionary_specials else 0)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        """Every parameter but a frozen conv extractor's (`feature_grad_mult` 0)."""
+        return [p for n, p in self.named_parameters() if p.requires_grad and self.student.trainable(n.removeprefix("student."))]
 
     def ema_step(self, num_updates: int) -> None:
         """No teacher in HuBERT: only the update count moves."""
@@ -95,18 +96,24 @@ class MusicHubert(nn.Module):
         x = torch.where(mask[..., None], enc.mask_emb.to(x.dtype), x)
         out = enc.encoder(x).x  # (B, T, D)
 
+        # fairseq's hubert criterion: the sample size counts the frames of every loss term whose weight is > 0
+        # (masked, plus unmasked when pred_nomask_weight > 0); the feature penalty is scaled by that same count
+        loss, sample_size = out.new_zeros((), dtype=torch.float32), 0
         logit_m = self.logits(out[mask])
-        loss = h.pred_masked_weight * F.cross_entropy(logit_m, targets[mask], reduction="sum")
         logs = {"acc_masked": _accuracy(logit_m, targets[mask]), "features_pen": features_pen.item()}
+        if h.pred_masked_weight > 0:
+            loss = loss + h.pred_masked_weight * F.cross_entropy(logit_m, targets[mask], reduction="sum")
+            sample_size += int(mask.sum())
         if h.pred_nomask_weight > 0:
             logit_u = self.logits(out[~mask])
             loss = loss + h.pred_nomask_weight * F.cross_entropy(logit_u, targets[~mask], reduction="sum")
             logs["acc_unmasked"] = _accuracy(logit_u, targets[~mask])
+            sample_size += int((~mask).sum())
         else:
             with torch.no_grad():
                 logs["acc_unmasked"] = _accuracy(self.logits(out[~mask]), targets[~mask])
-        sample_size = int(mask.sum())
-        loss = loss + h.feature_pen_weight * features_pen * sample_size
+        if h.feature_pen_weight != 0:
+            loss = loss + h.feature_pen_weight * features_pen * sample_size
         logs["masked_frac"] = mask.float().mean().item()
         return StepOutput(loss, sample_size, logs)
 

@@ -1,9 +1,10 @@
 """The pretraining loop: a plain function, read top to bottom.
 
-Per update: set the LR, run `update_freq` micro-batches (loss summed over masked frames, backward), divide
-the gradients by the total masked-frame count (fairseq's sample-size normalisation), clip, skip the update
-if anything is non-finite, step, then move the EMA teacher. Checkpoints carry everything needed to
-continue exactly (weights, optimiser, step, data position, the RNG states of every rank).
+Per update: set the LR, run `update_freq` micro-batches (loss summed over frames, backward), divide the
+gradients by the total sample size (fairseq's normalisation: the masked frames, plus the unmasked ones for
+MusicHuBERT with `pred_nomask_weight` > 0), clip, skip the update if anything is non-finite, step, then move
+the EMA teacher. Checkpoints carry everything needed to continue exactly (weights, optimiser, step, data
+position, the RNG states of every rank).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,10 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
     every rank once all have passed it (e.g. a collective report to Ray Train).
     """
     pcfg = cfg.pretrain
+    if pcfg.scheduler == "polynomial" and pcfg.warmup_steps >= pcfg.max_steps:
+        warnings.warn(f"pretrain.warmup_steps={pcfg.warmup_steps} >= pretrain.max_steps={pcfg.max_steps}: the "
+                      "learning rate never leaves the polynomial warm-up (HuBERT base warms up over 32000 of 400000 "
+                      "updates); set pretrain.warmup_steps for a short run", stacklevel=2)
     dist = dist or DistContext()
     device = dist.device or resolve_device(pcfg.device)
     torch.manual_seed(cfg.seed)
@@ -195,7 +201,7 @@ class UpdateResult:
 def train_update(model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, micro: list[Batch],
                  cfg: ExperimentConfig, device: torch.device, mask_rng: torch.Generator,
                  dist: DistContext) -> UpdateResult:
-    """Forward/backward every micro-batch, sum over ranks, normalise by the masked-frame count, clip.
+    """Forward/backward every micro-batch, sum over ranks, normalise by the sample size, clip.
 
     The optimiser step is left to the caller (it is skipped when the result is not finite).
     """

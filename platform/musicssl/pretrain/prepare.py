@@ -36,6 +36,7 @@ class PreparedData:
 def prepare(exp: ExperimentConfig, state_dir: Path, echo: Callable[[str], object] = print) -> PreparedData:
     """Generate (or find cached) the corpus and, for MusicHuBERT, the labels of `exp`."""
     corpus = generate_corpus(exp.data.synthetic, state_dir / "corpus")
+    prepare_real_music(exp, corpus)
     manifest = Path(exp.data.manifest) if exp.data.manifest else corpus / "pretrain" / "train.tsv"
     labels = None
     if exp.model.paradigm == "musichubert":
@@ -47,7 +48,17 @@ def prepare(exp: ExperimentConfig, state_dir: Path, echo: Callable[[str], object
 def prepare_probe_only(exp: ExperimentConfig, state_dir: Path) -> PreparedData:
     """A probe-only trial (an imported checkpoint) needs only the corpus, for the synthetic probe tasks."""
     corpus = generate_corpus(exp.data.synthetic, state_dir / "corpus")
+    prepare_real_music(exp, corpus)
     return PreparedData(corpus / "pretrain" / "train.tsv", corpus, None)
+
+
+def prepare_real_music(exp: ExperimentConfig, corpus: Path) -> None:
+    """Build (or find cached) the real-music probe tasks beside the corpus when `exp` probes one, so the probe
+    jobs read them instead of each building them."""
+    from musicssl.data.realmusic import TASKS, build_realmusic
+
+    if set(exp.probe.tasks) & set(TASKS):
+        build_realmusic(corpus.parent)
 
 
 def mfcc_featurizer(num_ceps: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -3,7 +3,11 @@
 Each clip is cut into non-overlapping windows of `window_seconds` (a last window shorter than 1 s is
 dropped unless it is the only one, as MARBLE does); every window goes through the encoder and each
 hidden state is mean-pooled over time, giving (num_states, D) per window. The cache key is the encoder's
-content hash plus the extraction settings, so a changed checkpoint never reuses stale features.
+content hash plus the extraction settings (and the file segments, where clips are segments), so a changed
+checkpoint or clip list never reuses stale features.
+
+A clip may be a segment of a file (frames `start:stop` at the file's own rate): it is read alone and
+standardised on its own, as the chunk files MARBLE's VocalSet preprocessing writes are, then resampled.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
 import torch
 from tqdm import tqdm
 
-from musicssl.data.audio import SAMPLE_RATE, read_audio
+from musicssl.data.audio import SAMPLE_RATE, AudioError, layer_norm, read_audio
 from musicssl.models.encoder import SSLEncoder
 
 FEATURE_VERSION = 1
@@ -42,18 +48,49 @@ def windows(wave: np.ndarray, window: int) -> list[np.ndarray]:
     return kept or chunks[:1]
 
 
+Segment = tuple[int, int] | None
+"""(start, stop) frames of a file at its own sample rate, or None for the whole file."""
+
+
+def read_segment(path: Path, start: int, stop: int, normalize: bool) -> np.ndarray:
+    """Frames `start:stop` of `path` as a 16 kHz mono float32 waveform, standardised on their own.
+
+    The segment is mixed to mono and brought to zero mean and unit sample std (ddof 1) at the file's rate, as
+    MARBLE's VocalSet preprocessing normalises each 3 s chunk before writing it; it is then resampled (soxr HQ)
+    and, with `normalize`, layer-normed like a whole file (the model's input normalisation)."""
+    try:
+        data, rate = sf.read(str(path), start=start, stop=stop, dtype="float64", always_2d=True)  # (T, C)
+    except (sf.SoundFileError, RuntimeError) as exc:
+        raise AudioError(path, f"cannot decode frames {start}:{stop}: {exc}") from exc
+    wav = data.mean(axis=1)
+    if len(wav) != stop - start:
+        raise AudioError(path, f"frames {start}:{stop} asked for, {len(wav)} read; did the file change?")
+    std = wav.std(ddof=1) if len(wav) > 1 else 0.0
+    if not np.isfinite(wav).all() or std == 0:
+        raise AudioError(path, f"frames {start}:{stop} are constant or hold NaN/inf; cannot standardise them")
+    wav = ((wav - wav.mean()) / std).astype(np.float32)
+    if rate != SAMPLE_RATE:
+        wav = soxr.resample(wav, rate, SAMPLE_RATE, quality="HQ")
+    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    return layer_norm(wav) if normalize else wav
+
+
 @torch.no_grad()
 def extract(encoder: SSLEncoder, paths: list[Path], window_seconds: float, normalize: bool,
             device: torch.device, batch_size: int = 16, desc: str = "features",
-            crop_seconds: float | None = None) -> Features:
+            crop_seconds: float | None = None, segments: list[Segment] | None = None) -> Features:
     """Mean-pooled hidden states of every window of every clip (windows of equal length are batched).
 
-    `crop_seconds` keeps the first seconds of each clip (after the whole-clip normalisation)."""
+    `crop_seconds` keeps the first seconds of each clip (after the whole-clip normalisation). `segments`,
+    parallel to `paths`, names the part of each file that is the clip (None entries: the whole file)."""
     encoder.eval().to(device)
     window = int(window_seconds * SAMPLE_RATE)
+    segments = segments if segments is not None else [None] * len(paths)
+    if len(segments) != len(paths):
+        raise ValueError(f"{len(segments)} segments for {len(paths)} paths; give one (or None) per path")
     items: list[tuple[int, np.ndarray]] = []
-    for clip, path in enumerate(paths):
-        wave = read_audio(path, normalize=normalize)
+    for clip, (path, segment) in enumerate(zip(paths, segments, strict=True)):
+        wave = read_audio(path, normalize=normalize) if segment is None else read_segment(path, *segment, normalize)
         if crop_seconds is not None:
             wave = wave[:int(crop_seconds * SAMPLE_RATE)]
         items += [(clip, w) for w in windows(wave, window)]
@@ -71,12 +108,16 @@ def extract(encoder: SSLEncoder, paths: list[Path], window_seconds: float, norma
 
 
 def cache_key(encoder_sha256: str, task: str, paths: list[Path], window_seconds: float, normalize: bool,
-              crop_seconds: float | None = None) -> str:
-    """Key of a cached feature set: checkpoint content, task, clip list and extraction settings."""
-    settings = {"encoder": encoder_sha256, "task": task, "paths": [str(p) for p in paths],
-                "window": window_seconds, "normalize": normalize, "version": FEATURE_VERSION}
+              crop_seconds: float | None = None, segments: list[Segment] | None = None) -> str:
+    """Key of a cached feature set: checkpoint content, task, clip list (with segments) and extraction settings.
+
+    Whole-file clip lists (no segment set) keep the key they had before segments existed."""
+    settings: dict[str, object] = {"encoder": encoder_sha256, "task": task, "paths": [str(p) for p in paths],
+                                   "window": window_seconds, "normalize": normalize, "version": FEATURE_VERSION}
     if crop_seconds is not None:
         settings["crop"] = crop_seconds
+    if segments is not None and any(s is not None for s in segments):
+        settings["segments"] = [list(s) if s is not None else None for s in segments]
     blob = json.dumps(settings)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -116,7 +157,7 @@ def cached_extract(cache_dir: Path, key: str, compute: Callable[[], Features]) -
 def cached_extract_resumable(cache_dir: Path, key: str, encoder: SSLEncoder, paths: list[Path],
                              window_seconds: float, normalize: bool, device: torch.device,
                              part_size: int = 256, desc: str = "features",
-                             crop_seconds: float | None = None) -> Features:
+                             crop_seconds: float | None = None, segments: list[Segment] | None = None) -> Features:
     """`extract` with the cache of `cached_extract`, done in parts of `part_size` clips that are kept on disk.
 
     An interrupted extraction (a killed job, a preempted node) resumes from the parts already written;
@@ -131,8 +172,9 @@ def cached_extract_resumable(cache_dir: Path, key: str, encoder: SSLEncoder, pat
         for n, start in enumerate(tqdm(starts, desc=desc, disable=None if len(starts) > 1 else True)):
             part = parts_dir / f"part{n:06d}.npz"
             if not part.exists():
+                part_segments = segments[start:start + part_size] if segments is not None else None
                 feats = extract(encoder, paths[start:start + part_size], window_seconds, normalize, device, desc=desc,
-                                crop_seconds=crop_seconds)
+                                crop_seconds=crop_seconds, segments=part_segments)
                 tmp = parts_dir / f".part{n:06d}.{os.getpid()}.tmp.npz"
                 np.savez(tmp, x=feats.x, clip=feats.clip + start)
                 os.replace(tmp, part)

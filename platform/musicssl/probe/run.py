@@ -8,10 +8,12 @@ validation metric; the test metrics come from the best-validation weights.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +43,8 @@ class TaskResult:
     """How window outputs were combined per clip (chosen on validation for tasks with `ensemble`)."""
     layer_weights: dict[int, float] = field(default_factory=dict)
     """The learned softmax weight of each hidden state the probe read (state index -> weight)."""
+    steps: int = 0
+    """Optimiser steps taken (batches of `probe.batch_size` clips, each with all its windows)."""
 
 
 ENSEMBLES = ("mean_logit", "mean_prob", "max_logit", "vote")
@@ -115,11 +119,37 @@ def load_encoder(checkpoint: Path) -> tuple[SSLEncoder, str, bool]:
     return encoder, digest, normalize
 
 
+def checkpoint_probe_settings(checkpoint: Path) -> dict[str, Any]:
+    """The probe section a musicssl checkpoint's run was configured with (its `config.json`), the starting point of
+    `musicssl probe` and `musicssl probe tune` on it; {} for a Hugging Face folder or a fairseq file."""
+    from musicssl.pretrain.checkpoint import CONFIG_FILE, ENCODER_FILE
+
+    path = Path(checkpoint)
+    if not (path.is_dir() and (path / ENCODER_FILE).exists() and (path / CONFIG_FILE).exists()):
+        return {}
+    section = json.loads((path / CONFIG_FILE).read_text()).get("probe") or {}
+    return {k: v for k, v in section.items() if k in ProbeConfig.model_fields}
+
+
+def probe_settings(checkpoint: Path, overrides: list[str], source: str, tasks: list[str] | None = None
+                   ) -> ProbeConfig:
+    """The checkpoint's own probe section (a musicssl checkpoint), then `probe.<field>=` overrides, then `tasks`."""
+    from musicssl.config import deep_merge, parse, probe_overrides
+
+    given = probe_overrides(overrides, source)  # a malformed override fails before the checkpoint is read
+    data = deep_merge(checkpoint_probe_settings(checkpoint), given)
+    if tasks:
+        data["tasks"] = list(tasks)
+    return parse(ProbeConfig, data, source, prefix="probe")
+
+
 def task_features(encoder: SSLEncoder, digest: str, normalize: bool, task: TaskSpec, cfg: ProbeConfig, *,
                   synthetic_root: Path | None, cache_dir: Path, data_roots: dict[str, Path] | None = None,
                   device: torch.device) -> tuple[Features, np.ndarray, np.ndarray]:
     """Window features of every clip of `task` (extracted once, then read from `cache_dir`), clip targets, splits.
 
+    Window and crop follow probe.protocol (`TaskSpec.windowing`); a clip may be a segment of a file
+    (`Example.start/stop`, VocalSet's chunks), which is part of the cache key.
     Returns `(features, targets (N_clips, ...), splits (N_clips,) as indices into SPLITS)`.
     """
     name = task.name
@@ -129,10 +159,11 @@ def task_features(encoder: SSLEncoder, digest: str, normalize: bool, task: TaskS
         raise ValueError(f"probe task {name!r} needs its dataset root: set probe.data_roots.{name}=/path/to/dataset")
     examples = task.load(Path(root), task)
     paths = [e.path for e in examples]
-    window = task.window_seconds or cfg.window_seconds
-    key = cache_key(digest, name, paths, window, normalize, task.crop_seconds)
+    segments = [e.segment for e in examples]
+    window, crop = task.windowing(cfg.protocol, cfg.window_seconds)
+    key = cache_key(digest, name, paths, window, normalize, crop, segments)
     feats = cached_extract_resumable(cache_dir, key, encoder, paths, window, normalize, device,
-                                     desc=f"features {name}", crop_seconds=task.crop_seconds)
+                                     desc=f"features {name}", crop_seconds=crop, segments=segments)
     targets = np.stack([np.asarray(e.target) for e in examples])
     splits = np.array([SPLITS.index(e.split) for e in examples])
     return feats, targets, splits
@@ -162,22 +193,24 @@ def train_probe(task: TaskSpec, feats: Features, targets: np.ndarray, splits: np
     if cfg.standardize:
         mu, sd = x_all[train_idx].mean(0), x_all[train_idx].std(0) + 1e-6  # (S, D)
         x_all = (x_all - mu) / sd
-    x_train = x_all[train_idx].to(device)
-    y_train = torch.from_numpy(y_clip[feats.clip[train_idx]]).to(device)
+    batches = ClipBatches(feats.clip, np.flatnonzero(splits == 0), cfg.batch_size)
+    x_train = x_all[batches.windows].to(device)  # the train windows, grouped by clip
+    y_train = torch.from_numpy(y_clip[feats.clip[batches.windows]]).to(device)
     head = LayerWeightedMLP(select_states(x_all.shape[1], cfg.layers), x_all.shape[2], cfg.hidden_dim,
                             task.num_outputs, cfg.dropout).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=cfg.lr_patience)
     selection = Selection(head, cfg.early_stop_patience, sched, on_epoch)
+    steps = 0
     for epoch in range(1, cfg.max_epochs + 1):
         head.train()
-        order = torch.randperm(len(train_idx), generator=gen).to(device)
-        for s in range(0, len(order), cfg.batch_size):
-            b = order[s:s + cfg.batch_size]
+        for b in batches.epoch(gen):
+            b = b.to(device)
             loss = _loss(task, head(x_train[b]), y_train[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
+            steps += 1
         valid = _evaluate(task, head, x_all, feats.clip, y_clip, splits, 1, device)
         if selection.end_epoch(epoch, valid[task.metrics[0]]):
             break
@@ -189,7 +222,38 @@ def train_probe(task: TaskSpec, feats: Features, targets: np.ndarray, splits: np
         strategy = max(ENSEMBLES, key=lambda s: valid[s])
     test = _evaluate(task, head, x_all, feats.clip, y_clip, splits, 2, device, strategy)
     return TaskResult(task.name, test, task.score(test), float(selection.best), selection.epochs, strategy,
-                      head.weights_by_state())
+                      head.weights_by_state(), steps)
+
+
+class ClipBatches:
+    """Minibatches of clips, as MARBLE's loaders make them: `batch_size` clips per step, each with all its windows.
+
+    MARBLE's train collate stacks every window of the batch's clips, so an epoch takes ceil(clips / batch_size)
+    optimiser steps whatever the window count, and the loss is the mean over the batch's windows. `windows` holds
+    the train windows' indices into the feature array, grouped by clip; `epoch` yields, per step, positions into
+    `windows` (clips shuffled by `gen`, the last batch may be smaller).
+    """
+
+    def __init__(self, clip: np.ndarray, train_clips: np.ndarray, batch_size: int) -> None:
+        self.batch_size = batch_size
+        in_train = np.flatnonzero(np.isin(clip, train_clips))
+        self.windows = in_train[np.argsort(clip[in_train], kind="stable")]
+        ids, self.counts = np.unique(clip[self.windows], return_counts=True)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+        self.num_clips = len(ids)
+
+    def __len__(self) -> int:
+        """Optimiser steps per epoch."""
+        return -(-self.num_clips // self.batch_size)
+
+    def epoch(self, gen: torch.Generator) -> list[torch.Tensor]:
+        order = torch.randperm(self.num_clips, generator=gen).numpy()
+        out = []
+        for s in range(0, self.num_clips, self.batch_size):
+            chosen = order[s:s + self.batch_size]
+            out.append(torch.from_numpy(np.concatenate(
+                [np.arange(self.starts[c], self.starts[c] + self.counts[c]) for c in chosen])))
+        return out
 
 
 def task_lr(task: TaskSpec, cfg: ProbeConfig) -> float:

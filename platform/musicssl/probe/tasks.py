@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from musicssl.data.corpus import TAG_NAMES, TIMBRE_NAMES
+from musicssl.data.realmusic import COMPOSERS as REALMUSIC_COMPOSERS
 from musicssl.probe import metrics as M
 
 Kind = Literal["multiclass", "multilabel", "regression", "beat"]
@@ -25,11 +26,26 @@ SPLITS = ("train", "valid", "test")
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled clip."""
+    """One labelled clip: a whole audio file, or the frames `start:stop` of one.
+
+    A segment stands for a chunk file that MARBLE's preprocessing writes (VocalSet's 3 s chunks): it is read
+    on its own and standardised on its own (zero mean, unit sample std) before the usual feature extraction.
+    """
 
     path: Path
     split: str
     target: Any
+    start: int | None = None
+    """First frame of the segment, in the file's own sample rate; None = the whole file."""
+    stop: int | None = None
+    """Frame after the segment's last (exclusive); set together with `start`."""
+
+    @property
+    def segment(self) -> tuple[int, int] | None:
+        """(start, stop) frames, or None for the whole file."""
+        if self.start is None or self.stop is None:
+            return None
+        return self.start, self.stop
 
 
 @dataclass(frozen=True)
@@ -47,9 +63,11 @@ class TaskSpec:
     load: Callable[[Path, TaskSpec], list[Example]]
     """Adapter: dataset root -> examples with splits."""
     synthetic: bool = False
-    """True for tasks of the embedded synthetic corpus (root = the corpus folder)."""
+    """True for built-in tasks that need no dataset root: the embedded synthetic corpus's (root = the corpus folder)
+    and the real-music ones built from installed packages beside it (data/realmusic.py)."""
     window_seconds: float | None = None
-    """Task-specific window (paper: 5 s for EMO and VocalSet); None = probe.window_seconds."""
+    """The window of MARBLE's task base config (the MERT-v1 runs: 5 s for EMO and VocalSet), used only under
+    probe.protocol=mert_base; None = probe.window_seconds. See `windowing`."""
     extra: dict[str, Any] = field(default_factory=dict)
     lr: float | None = None
     """The task's published probe learning rate (MARBLE: 5e-3 for GTZAN); it replaces probe.lr only while
@@ -65,7 +83,8 @@ class TaskSpec:
     layers: str | int | None = None
     """The task's hidden-state choice (MARBLE: layer 7 for MTG genre); used while probe.layers is at its default."""
     crop_seconds: float | None = None
-    """Keep only the first this-many seconds of each clip before windowing (MARBLE: EMO 30 s); None = whole clip."""
+    """Keep only the first this-many seconds of each clip before windowing, as MARBLE's task base config does
+    (EMO and VocalSet: 30 s); used only under probe.protocol=mert_base. None = whole clip. See `windowing`."""
     ensemble: bool = False
     """Choose how window outputs combine per clip (mean logit, mean probability, max logit, vote) by the
     validation metric, as MARBLE's GiantSteps key protocol does; False = mean logit."""
@@ -73,6 +92,19 @@ class TaskSpec:
     @property
     def num_outputs(self) -> int:
         return len(self.classes)
+
+    def windowing(self, protocol: str, window_seconds: float) -> tuple[float, float | None]:
+        """(window, crop) in seconds for feature extraction under `protocol` (probe.protocol).
+
+        `music2vec` (MARBLE's configs/music2vec/*.yaml, the paper's runs): `window_seconds` (probe.window_seconds,
+        30 s) for every task, no crop. `mert_base` (MARBLE's benchmark/tasks/*/*_base_config.yaml, the MERT-v1
+        runs): the task's own window and crop where it has them (EMO, VocalSet: 5 s windows of the first 30 s).
+        """
+        if protocol == "music2vec":
+            return window_seconds, None
+        if protocol == "mert_base":
+            return self.window_seconds or window_seconds, self.crop_seconds
+        raise ValueError(f"unknown probe protocol {protocol!r}; known: music2vec, mert_base")
 
 
 def compute_metrics(task: TaskSpec, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -90,11 +122,25 @@ def compute_metrics(task: TaskSpec, outputs: np.ndarray, targets: np.ndarray) ->
 
 
 def _synthetic_loader(root: Path, task: TaskSpec) -> list[Example]:
-    from musicssl.data.corpus import load_labels, probe_task_dir
+    from musicssl.data.corpus import probe_task_dir
 
     task_dir = probe_task_dir(root, task.name)
     if not task_dir.is_dir():
         raise FileNotFoundError(f"{task_dir}: synthetic task {task.name!r} not generated in corpus {root}")
+    return _labelled_examples(task_dir, task)
+
+
+def _realmusic_loader(root: Path, task: TaskSpec) -> list[Example]:
+    """Real-music tasks, built (once, ~40 s of CPU) beside the synthetic corpus `root` and cached there."""
+    from musicssl.data.realmusic import build_realmusic, task_dir
+
+    return _labelled_examples(task_dir(build_realmusic(root.parent), task.name), task)
+
+
+def _labelled_examples(task_dir: Path, task: TaskSpec) -> list[Example]:
+    """Examples of a task folder in the synthetic corpus's layout (`labels.jsonl` + `audio/`)."""
+    from musicssl.data.corpus import load_labels
+
     examples = []
     for row in load_labels(task_dir):
         label = row["label"]
@@ -153,6 +199,11 @@ register(TaskSpec("synth_tags", "multilabel", tuple(range(len(TAG_NAMES))), ("ro
                   _synthetic_loader, synthetic=True))
 register(TaskSpec("synth_tempo", "regression", ("bpm",), ("r2",), _first("r2"), _synthetic_loader,
                   synthetic=True))
+# Real music that needs no download (data/realmusic.py): music21's scores rendered with a General MIDI soundfont
+register(TaskSpec("music21_key", "multiclass", KEYS, ("weighted_score", "acc"), _first("weighted_score"),
+                  _realmusic_loader, synthetic=True))
+register(TaskSpec("music21_composer", "multiclass", REALMUSIC_COMPOSERS, ("acc",), _first("acc"), _realmusic_loader,
+                  synthetic=True))
 BEAT_METRICS = ("beat_f", "beat_precision", "beat_recall", "beat_f_track_mean")
 register(TaskSpec("synth_beat", "beat", ("beat",), BEAT_METRICS, _first("beat_f"), _synthetic_loader, synthetic=True))
 register(TaskSpec("gtzan_beat", "beat", ("beat",), BEAT_METRICS, _first("beat_f"), _gtzan_rhythm_loader,
@@ -190,11 +241,11 @@ register(TaskSpec("nsynth_pitch", "multiclass", tuple(range(128)), ("acc",), _fi
 register(TaskSpec("vocalset_singer", "multiclass",
                   tuple(f"female{i}" for i in range(1, 10)) + tuple(f"male{i}" for i in range(1, 12)),
                   ("acc",), _first("acc"), _adapter("vocalset", "load_singer"), window_seconds=5.0, lr_patience=5,
-                  early_stop_patience=20))
+                  early_stop_patience=20, crop_seconds=30.0))
 register(TaskSpec("vocalset_technique", "multiclass", ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight",
                                                        "trill", "trillo", "vibrato", "vocal_fry"),
                   ("acc",), _first("acc"), _adapter("vocalset", "load_technique"), window_seconds=5.0, lr_patience=5,
-                  early_stop_patience=10))
+                  early_stop_patience=10, crop_seconds=30.0))
 # MTG-Jamendo split-0: outputs = the subset's tags in sorted order (datasets.mtg_jamendo.tag_vocabulary names them)
 for _name, _subset, _count in (("mtg_instrument", "instrument", 40), ("mtg_moodtheme", "moodtheme", 56),
                                ("mtg_genre", "genre", 87), ("mtg_top50", "top50tags", 50)):

@@ -6,14 +6,17 @@ validation value. The study lives in an Optuna storage (sqlite URL or journal fi
 an interruption (`n_trials` more trials) and several processes can share one study. Test metrics are
 recorded for every trial (user attrs and MLflow) but never used for selection.
 
-Search space: the MARBLE constrained track (lr 5e-5..1e-2; a single state or the learned weighted sum) plus the
-usual probe knobs (dropout, hidden units, weight decay, batch size).
+The search starts from the checkpoint's own probe section (the settings its run's probe jobs used, with the
+command line's `probe.<field>=` overrides on top): that is the first trial of a new study. Search space: the MARBLE
+constrained track (lr 5e-5..1e-2; a single state or the learned weighted sum), feature standardisation (on/off),
+and the usual probe knobs (dropout, hidden units, weight decay, clips per batch).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +43,8 @@ LR = (5e-5, 1e-2)
 DROPOUT = (0.0, 0.5)
 HIDDEN_DIMS = (256, 512, 1024)
 WEIGHT_DECAY = (1e-6, 1e-2)  # log scale; 1e-6 is as good as no decay for Adam at these learning rates
-BATCH_SIZES = (32, 64, 128)
+BATCH_SIZES = (32, 64, 128)  # clips per minibatch, each with all its windows
+STANDARDIZE = (True, False)  # z-scored features or raw: raw features of small encoders leave a probe at chance
 JOURNAL_SUFFIXES = (".journal", ".log")
 
 
@@ -104,6 +108,7 @@ def suggest_params(trial: optuna.Trial, num_states: int) -> dict[str, Any]:
         "weight_decay": trial.suggest_float("weight_decay", *WEIGHT_DECAY, log=True),
         "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
         "layers": trial.suggest_categorical("layers", _layer_choices(num_states)),
+        "standardize": trial.suggest_categorical("standardize", STANDARDIZE),
     }
 
 
@@ -334,6 +339,7 @@ def _base_params(base: ProbeConfig, lr: float, num_states: int) -> dict[str, Any
         "weight_decay": (wd, wd <= WEIGHT_DECAY[1]),
         "batch_size": (base.batch_size, base.batch_size in BATCH_SIZES),
         "layers": (layers, layers in _layer_choices(num_states)),
+        "standardize": (base.standardize, True),
     }
     return {k: v for k, (v, ok) in inside.items() if ok}
 
@@ -423,11 +429,23 @@ def _close_study_run(client: MlflowClient, run_id: str, result: TuneResult) -> N
     client.set_terminated(run_id, "FINISHED")
 
 
+DASHBOARD_EXTRA = "pip install 'musicssl[dashboard]'"
+
+
 def dashboard_command(storage: str) -> str:
-    """The command that opens optuna-dashboard (an optional extra) on `storage`."""
+    """The command that opens optuna-dashboard (the `dashboard` extra) on `storage`, from any folder.
+
+    A sqlite file or journal path is made absolute. A journal is named as one (`--storage-class`), so the
+    dashboard can open it before its first write; it appends under the same `<path>.lock` file as our
+    `JournalFileOpenLock`, so its notes and edits do not interleave with running trials.
+    """
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        path = Path(storage.removeprefix("sqlite:///")).expanduser().resolve()
+        return f"optuna-dashboard {shlex.quote(f'sqlite:///{path}')}"
     if "://" in storage:
-        return f"optuna-dashboard {storage}"
-    return f"optuna-dashboard {Path(storage).expanduser().resolve()}"
+        return f"optuna-dashboard {shlex.quote(storage)}"
+    path = Path(storage).expanduser().resolve()
+    return f"optuna-dashboard --storage-class JournalFileStorage {shlex.quote(str(path))}"
 
 
 def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -454,20 +472,22 @@ def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     p.add_argument("--state-dir", help="state folder (corpus, feature cache, MLflow DB); default ./.musicssl")
     p.add_argument("--corpus", help="synthetic corpus folder (default: <state>/corpus, generated if missing)")
-    p.add_argument("overrides", nargs="*", help="probe overrides of the base settings, e.g. max_epochs=50")
+    p.add_argument("overrides", nargs="*",
+                   help="probe settings the search starts from, over the checkpoint's own probe section, "
+                        "e.g. probe.max_epochs=50")
     p.set_defaults(func=tune_cli)
     return p
 
 
 def tune_cli(args: argparse.Namespace) -> int:
     """Run the study of `add_tune_parser`'s arguments and print the best trial."""
-    from musicssl.config import ConfigError, SyntheticCorpusConfig, parse, parse_overrides
+    from musicssl.config import ConfigError, SyntheticCorpusConfig
     from musicssl.data.corpus import generate_corpus
+    from musicssl.probe.run import probe_settings
     from musicssl.tracking.mlflow import resolve_tracking_uri
 
-    overrides = parse_overrides(args.overrides)
-    overrides["tasks"] = [args.task]
-    base = parse(ProbeConfig, overrides, "musicssl probe tune")  # fails here, before anything starts
+    # the checkpoint's own probe section, then the overrides: fails here, before anything starts
+    base = probe_settings(Path(args.checkpoint), args.overrides, "musicssl probe tune", [args.task])
     problems = []
     if "://" not in args.storage and not args.storage.endswith(JOURNAL_SUFFIXES):
         problems.append(
@@ -521,5 +541,5 @@ def tune_cli(args: argparse.Namespace) -> int:
         + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())
     )
     print(f"  MLflow      : {uri}  (study run {r.study_run_id})")
-    print(f"  dashboard   : {dashboard_command(args.storage)}   (pip install optuna-dashboard)")
+    print(f"  dashboard   : {dashboard_command(args.storage)}   ({DASHBOARD_EXTRA})")
     return 0

@@ -35,6 +35,7 @@ from pydantic import Field, ValidationError, field_validator
 from musicssl.config import (
     ConfigError,
     ExperimentConfig,
+    ProbeConfig,
     _Cfg,
     deep_merge,
     dotted_paths,
@@ -232,6 +233,7 @@ def sweep_from_data(data: dict[str, Any], source: str, *, smoke: bool = False, s
     if isinstance(data.get("variants"), Mapping):  # `vanilla:` with nothing after it is the empty change set
         data["variants"] = {k: {} if v is None else v for k, v in data["variants"].items()}
     problems = non_finite(data)
+    problems += probe_settings_into_base(data)
     cfg = parse_or_collect(data, source, problems)
     data["variants"] = {k: flatten(v) for k, v in (data.get("variants") or {}).items()}
     cfg = cfg.model_copy(update={"variants": data["variants"]})
@@ -248,6 +250,25 @@ def sweep_from_data(data: dict[str, Any], source: str, *, smoke: bool = False, s
         raise ConfigError(source, problems)
     trials = expand(cfg, source)
     return Sweep(cfg, source, trials, smoke, data)
+
+
+def probe_settings_into_base(data: dict[str, Any]) -> list[str]:
+    """Move the probe settings of the sweep's `probe:` section (`probe.lr`, `probe.standardize`, ... : the
+    experiment's own paths, as `musicssl pretrain`, `probe` and `probe tune` take them) into `base.probe`, where every
+    trial reads them; the schedule's own keys stay. A setting given both ways with two values is a problem line."""
+    section = data.get("probe")
+    if not isinstance(section, dict):
+        return []
+    moved = {k: section.pop(k) for k in list(section)
+             if k in ProbeConfig.model_fields and k not in ProbeScheduleConfig.model_fields}
+    if not moved:
+        return []
+    base = data.get("base") if isinstance(data.get("base"), dict) else {}
+    given = base.get("probe") if isinstance(base.get("probe"), dict) else {}
+    problems = [f"probe.{k}: set to {v!r} here and to {given[k]!r} in base.probe.{k}; keep one"
+                for k, v in moved.items() if k in given and given[k] != v]
+    data["base"] = {**base, "probe": {**given, **moved}}
+    return problems
 
 
 def without(data: dict[str, Any], problem: str) -> bool:
@@ -293,7 +314,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
 
     `grid.<dotted key>=[...]` sets a grid axis (`=null` drops it); `variants.<name>.<dotted key>=value` sets one
     change of a variant, `variants.<name>={}` adds a variant, `variants.<name>=null` drops one; everything else
-    is a nested dotted path (`base.pretrain.max_steps=50`, `probe.every_steps=100`, `seeds=[0,1,2]`).
+    is a nested dotted path (`base.pretrain.max_steps=50`, `probe.every_steps=100`, `seeds=[0,1,2]`); a probe
+    setting (`probe.lr=5e-3`, any ProbeConfig field the schedule does not have) sets `base.probe.<field>`.
     """
     out = dict(data)
     plain, bad = [], []
@@ -301,6 +323,10 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
         key, sep, raw = item.partition("=")
         head, _, rest = key.strip().partition(".")
         if not sep or head not in ("grid", "variants") or not rest:
+            field_name = rest.partition(".")[0]
+            probe_setting = head == "probe" and field_name in ProbeConfig.model_fields
+            if probe_setting and field_name not in ProbeScheduleConfig.model_fields:
+                item = f"base.{item.strip()}"  # the command line wins over the file's base.probe
             plain.append(item)
             continue
         try:

@@ -8,9 +8,10 @@ from a user-supplied root folder and builds the split the paper / MARBLE v1 uses
 | `giantsteps`  | giantsteps_key                               | giantsteps-mtg-key-dataset/, giantsteps-key-dataset/  |
 | `emomusic`    | emo                                          | clips_45seconds/*.mp3, annotations/*.csv              |
 | `nsynth`      | nsynth_instrument, nsynth_pitch              | nsynth-{train,valid,test}/examples.json + audio/      |
-| `vocalset`    | vocalset_singer, vocalset_technique          | FULL/<singer>/<context>/<technique>/*.wav             |
+| `vocalset`    | vocalset_singer, vocalset_technique (3 s chunks) | FULL/<singer>/<context>/<technique>/*.wav         |
 | `mtg_jamendo` | mtg_genre, mtg_instrument, mtg_moodtheme, mtg_top50 | data/splits/split-0/*.tsv, audio-low/NN/*.low.mp3 |
 
-Each module's docstring gives its layout and split decisions in full. The registry (`probe/tasks.py`) imports
+Each module's docstring gives its layout and split decisions in full: EMO, GiantSteps and VocalSet recompute
+MARBLE's preprocess.py splits (artist SHA-1 rules; VocalSet's VAD-trimmed 3 s chunks and seeded group splits). The registry (`probe/tasks.py`) imports
 an adapter on first use.
 """

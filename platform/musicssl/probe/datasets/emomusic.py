@@ -7,16 +7,20 @@ Layout (the "1000 songs for emotional analysis of music" release, MediaEval 2013
     <root>/annotations/songs_info.csv           song_id, file_name, Artist, ..., Mediaeval 2013 set
 
 Targets: (mean_arousal, mean_valence) on the 1-9 scale (the probe z-scores them with train statistics).
-Split (jukemir / MARBLE): the official MediaEval 2013 evaluation set is test; the development set is split
-8:2 into train / valid by artist, so no artist is in both. jukemir's list is not available offline, so an
-artist is in valid when the SHA-256 of "emomusic:<artist, lower-cased>" falls under 0.2. A file
+Split: MARBLE's `benchmark/tasks/EMO/preprocess.py` (adapted from jukemir) recomputed from songs_info.csv.
+The "Mediaeval 2013 set" evaluation songs are test; a development song goes by its Artist: lower-cased, only
+ASCII letters and whitespace kept, runs of whitespace made one space, the SHA-1 of that as an integer, modulo 10:
+8 or 9 -> valid, 0-7 -> train (`artist_split`). An artist is thus never in both train and valid. A file
 `<root>/musicssl_split.tsv` (`<song_id><TAB><train|valid|test>` lines) replaces this rule and then defines the
 clips exactly (songs not listed are left out). Songs without a static annotation are left out.
+Audio: the whole 45 s clip (MARBLE's preprocessing converts it whole; its MERT base config then crops 30 s,
+applied here under probe.protocol=mert_base).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +32,11 @@ from musicssl.probe.datasets._common import (
     layout_error,
     read_split_file,
     require_file,
-    stable_unit,
 )
 from musicssl.probe.tasks import Example, TaskSpec
 
 LAYOUT = "the emoMusic layout: clips_45seconds/ and annotations/"
-VALID_FRACTION = 0.2
+VALID_BUCKETS, BUCKETS = 2, 10
 OUTPUTS = ("arousal", "valence")
 
 
@@ -54,6 +57,13 @@ def _set_column(header: list[str]) -> str | None:
     """The "Mediaeval 2013 set" column (development / evaluation)."""
     return next((h for h in header if "mediaeval" in h.lower()), None) or next(
         (h for h in header if "set" in h.lower().split()), None)
+
+
+def artist_split(artist: str) -> str:
+    """train or valid for a development-set artist, by MARBLE's (jukemir's) SHA-1 rule."""
+    kept = "".join(c for c in artist.lower() if ord(c) < 128 and (c.isalpha() or c.isspace()))
+    bucket = int(hashlib.sha1(" ".join(kept.split()).encode("utf-8")).hexdigest(), 16) % BUCKETS
+    return "valid" if bucket >= BUCKETS - VALID_BUCKETS else "train"
 
 
 def load(root: Path, task: TaskSpec) -> list[Example]:
@@ -81,7 +91,7 @@ def load(root: Path, task: TaskSpec) -> list[Example]:
         elif meta[set_column].lower().startswith("eval"):
             split = "test"
         elif meta[set_column].lower().startswith("dev"):
-            split = "valid" if stable_unit(f"emomusic:{meta['Artist'].lower()}") < VALID_FRACTION else "train"
+            split = artist_split(meta["Artist"])
         else:
             raise ValueError(f"{root}/annotations/songs_info.csv: song {song} has set {meta[set_column]!r}; "
                              "expected development or evaluation")
