@@ -50,6 +50,9 @@ def shrink(data: Mapping[str, Any], source: str = "", roots: Mapping[str, Any] |
     """The `--smoke` version of a sweep file's raw data (before validation); `roots`: dataset roots given on the
     command line (their tasks stay real)."""
     out = copy.deepcopy(dict(data))
+    from musicssl.sweep.spec import probe_settings_into_base  # spec imports this module
+
+    probe_settings_into_base(out)  # `probe.lr` etc. of the file join base.probe, where the smoke settings replace them
     base = dict(out.get("base") or {}) if isinstance(out.get("base"), Mapping) else {}
     flat = flatten(base)
     paradigm, layers = _model_of(flat)
