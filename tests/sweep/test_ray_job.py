@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent  # the venv's bin: `ray` and `musicssl`
 BUDGET_S = 450  # everything, teardown included, stays under 8 minutes
 TEARDOWN_S = 25
 SUBMIT_ARGS = ["musicssl", "sweep", "sweeps/demo.yaml", "--smoke", "seeds=[0]", "variants.prob80=null",
-               "base.pretrain.max_steps=30", "probe.every_steps=15"]
+               "base.pretrain.max_steps=30", "probe.every_steps=15", "probe.tasks=[synth_pitch,synth_key]"]
 PROBE_STEPS = [15, 30]
 TASKS = {"synth_pitch", "synth_key"}
 
