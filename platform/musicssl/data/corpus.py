@@ -448,16 +448,26 @@ def generate_corpus(cfg: SyntheticCorpusConfig, root: str | Path) -> Path:
         FileExistsError: The target folder exists without a `DONE` marker (not written by this function).
     """
     final = corpus_dir(cfg, root)
+    return build_once(final, lambda tmp: _write_corpus(cfg, tmp, final))
+
+
+def build_once(final: Path, write: Callable[[Path], None]) -> Path:
+    """`final`, written by `write(tmp)` into a temporary sibling (which must end with a `DONE` marker) and moved
+    into place in one `os.replace`, unless it is already there: an interrupted build leaves nothing half-written
+    behind, and of two concurrent builders the first to finish wins.
+
+    Raises:
+        FileExistsError: `final` exists without a `DONE` marker (not written by this function).
+    """
     if (final / "DONE").is_file():
         return final
     if final.exists():
-        raise FileExistsError(
-            f"{final}: exists but has no DONE marker, so it is not a finished corpus; delete it and run again"
-        )
+        raise FileExistsError(f"{final}: exists but has no DONE marker, so it is not a finished build; "
+                              "delete it and run again")
     _remove_stale_tmp(final)
     tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        _write_corpus(cfg, tmp, final)
+        write(tmp)
         try:
             os.replace(tmp, final)
         except OSError:

@@ -27,10 +27,6 @@ import importlib.metadata
 import importlib.resources
 import io
 import json
-import os
-import shutil
-import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from musicssl.data.audio import SAMPLE_RATE, write_wav
-from musicssl.data.corpus import KEY_NAMES, _remove_stale_tmp, assign_splits, finish, item_rng
+from musicssl.data.corpus import KEY_NAMES, assign_splits, build_once, finish, item_rng
 
 REALMUSIC_VERSION = 1
 """Bumped whenever the builder's output changes, so that stale caches are not reused."""
@@ -107,24 +103,8 @@ def build_realmusic(root: str | Path, cfg: RealMusicConfig | None = None) -> Pat
     """
     cfg = cfg or RealMusicConfig()
     final = realmusic_dir(cfg, root)
-    if (final / "DONE").is_file():
-        return final
-    if final.exists():
-        raise FileExistsError(f"{final}: exists but has no DONE marker; delete it and run again")
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(final)
-    tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        _write_tasks(cfg, tmp, final.name)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "DONE").is_file():  # not a concurrent writer that finished first
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return final
+    return build_once(final, lambda tmp: _write_tasks(cfg, tmp, final.name))
 
 
 def task_dir(folder: str | Path, task: str) -> Path:
