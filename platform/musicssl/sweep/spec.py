@@ -252,6 +252,12 @@ def sweep_from_data(data: dict[str, Any], source: str, *, smoke: bool = False, s
     return Sweep(cfg, source, trials, smoke, data)
 
 
+def is_probe_setting(key: str) -> bool:
+    """A key of the sweep's `probe:` section that is an experiment's probe setting (ProbeConfig), not the schedule's
+    own (tasks and data_roots are both, and stay with the schedule, which writes them into base.probe)."""
+    return key in ProbeConfig.model_fields and key not in ProbeScheduleConfig.model_fields
+
+
 def probe_settings_into_base(data: dict[str, Any]) -> list[str]:
     """Move the probe settings of the sweep's `probe:` section (`probe.lr`, `probe.standardize`, ... : the
     experiment's own paths, as `musicssl pretrain`, `probe` and `probe tune` take them) into `base.probe`, where every
@@ -259,8 +265,7 @@ def probe_settings_into_base(data: dict[str, Any]) -> list[str]:
     section = data.get("probe")
     if not isinstance(section, dict):
         return []
-    moved = {k: section.pop(k) for k in list(section)
-             if k in ProbeConfig.model_fields and k not in ProbeScheduleConfig.model_fields}
+    moved = {k: section.pop(k) for k in list(section) if is_probe_setting(k)}
     if not moved:
         return []
     base = data.get("base") if isinstance(data.get("base"), dict) else {}
@@ -323,9 +328,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
         key, sep, raw = item.partition("=")
         head, _, rest = key.strip().partition(".")
         if not sep or head not in ("grid", "variants") or not rest:
-            field_name = rest.partition(".")[0]
-            probe_setting = head == "probe" and field_name in ProbeConfig.model_fields
-            if probe_setting and field_name not in ProbeScheduleConfig.model_fields:
+            if head == "probe" and is_probe_setting(rest.partition(".")[0]):
                 item = f"base.{item.strip()}"  # the command line wins over the file's base.probe
             plain.append(item)
             continue
