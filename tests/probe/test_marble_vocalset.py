@@ -204,3 +204,12 @@ def test_extract_reads_each_segment_as_its_own_clip(tree: Path) -> None:
     assert np.allclose(feats.x[1], alone.x[0], atol=1e-5)
     whole = F.extract(enc, [path], 30.0, False, torch.device("cpu"))
     assert whole.clip.tolist() == [0] and not np.allclose(whole.x[0], feats.x[0], atol=1e-3)
+
+
+def test_an_unreadable_recording_is_reported_and_skipped(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    before = vocalset.load_technique(tree, get_task("vocalset_technique"))
+    bad = tree / "FULL" / "male1" / "scales" / "belt" / "m1_scales_belt_b.wav"
+    bad.write_bytes(b"RIFF not audio")
+    after = vocalset.load_technique(tree, get_task("vocalset_technique"))
+    assert sorted((e.path, e.start) for e in after) == sorted((e.path, e.start) for e in before)
+    assert f"{bad}: unreadable recording skipped" in caplog.text

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from musicssl.probe.datasets._common import check_audio, check_root, layout_error
 from musicssl.probe.tasks import Example, TaskSpec
+
+log = logging.getLogger(__name__)
 
 SINGERS = tuple(f"female{i}" for i in range(1, 10)) + tuple(f"male{i}" for i in range(1, 12))
 TECHNIQUES = ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight", "trill", "trillo", "vibrato",
@@ -180,7 +183,11 @@ def trims(tree: Path, paths: list[Path]) -> dict[Path, tuple[int, int, int | Non
         stat, rel = path.stat(), path.relative_to(tree).as_posix()
         entry = files.get(rel)
         if entry is None or entry[:2] != [stat.st_size, stat.st_mtime_ns]:
-            entry = [stat.st_size, stat.st_mtime_ns, *_trim(path)]
+            try:
+                entry = [stat.st_size, stat.st_mtime_ns, *_trim(path)]
+            except (sf.LibsndfileError, RuntimeError) as exc:  # reported and skipped; re-read once it changes
+                log.warning("%s: unreadable recording skipped (%s)", path, exc)
+                entry = [stat.st_size, stat.st_mtime_ns, 0, 0, None]
             files[rel], changed = entry, True
         out[path] = (entry[2], entry[3], entry[4])
     if changed:
