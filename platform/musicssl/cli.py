@@ -71,12 +71,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
               f"  --fresh starts the whole sweep again under a new parent run.")
         return 0
     if result.interrupted:
-        from musicssl.sweep.recovery import EXIT_INTERRUPTED
+        from musicssl.sweep.recovery import exit_interrupted
 
         print(f"\n[musicssl] sweep {result.name!r} interrupted after {minutes:.1f} min; cut short: "
               f"{', '.join(result.interrupted)}.\n  Nothing is lost: run the same command again to resume it (same "
               f"MLflow parent run {result.parent_run_id}, each trial from its latest checkpoint).")
-        return EXIT_INTERRUPTED
+        exit_interrupted()  # exits 130
     print(f"\n[musicssl] sweep {result.name!r}: {result.num_trials - len(result.errors)}/{result.num_trials} "
           f"trials finished in {minutes:.1f} min")
     for err in result.errors:

@@ -9,7 +9,9 @@ Ctrl-C during a sweep (`graceful_sigint`): Ray Tune stops the trials (its own gr
 then marks each trial run not ended as KILLED with the tag `musicssl.interrupted`, tags the parent run and leaves
 it RUNNING, so running the same command again resumes the sweep. Probe jobs still queued keep their checkpoint pins
 and are submitted again by that next run. A second Ctrl-C stops Tune without its last state save (nothing of ours
-depends on it); the bookkeeping after it ignores further Ctrl-C, so nothing is left half-written.
+depends on it); the bookkeeping after it ignores further Ctrl-C, so nothing is left half-written. The command then
+ends with `exit_interrupted`, which stops the Ray node it started itself without Ray's own driver teardown (that
+teardown, after an interrupted Tune run, has crashed the process with SIGSEGV now and then).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mlflow import MlflowClient
 
@@ -102,6 +104,28 @@ def trials_to_run(client: MlflowClient, experiment_id: str, parent_id: str, keys
             continue  # the scheduler stopped it: its result stands
         todo.append(key)
     return todo
+
+
+def exit_interrupted() -> NoReturn:
+    """End an interrupted sweep command now with `EXIT_INTERRUPTED`, everything already recorded.
+
+    A Ray node this process started (in-process Ray, no `RAY_ADDRESS`) is stopped the way `ray.shutdown` stops it
+    (its processes asked to end, then killed), but the driver's own teardown is skipped: after a Tune run cut by a
+    second Ctrl-C, Tune's threads can still be inside Ray when that teardown runs, and the process has died of
+    SIGSEGV there. Connected to a cluster, nothing of the cluster is touched.
+    """
+    import sys
+
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # set only where this process started the node
+    if node is not None and not os.environ.get("RAY_ADDRESS"):
+        with sigint_ignored():
+            node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(EXIT_INTERRUPTED)
 
 
 @contextmanager
