@@ -208,6 +208,11 @@ class DataConfig(_Cfg):
     labels: str | None = None
     """MusicHuBERT: a fairseq `.km` label file aligned line by line with `manifest` (`dict.km.txt` beside it);
     None = make k-means labels as `model.hubert` says (cached in the state folder)."""
+    num_workers: int | None = Field(None, ge=0)
+    """DataLoader worker processes that decode and crop the audio ahead of the training step (pinned memory on a
+    GPU); None = 4 when training on a GPU, 0 (in the training process) on the CPU, whose cores train; 0 = none."""
+    prefetch_batches: int = Field(4, ge=1)
+    """Batches each worker prepares ahead."""
 
     @model_validator(mode="after")
     def _sizes(self) -> DataConfig:
@@ -255,6 +260,12 @@ class PretrainConfig(_Cfg):
     """Non-finite loss or gradient updates are skipped; this many in a row stops the trial."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto = CUDA when available."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Autocast precision of the forward pass (weights, optimiser and EMA teacher stay fp32): auto = bf16 on a GPU,
+    fp32 on the CPU."""
+    compile: bool = False
+    """`torch.compile` the student and the teacher (conv extractor and transformer): slower first steps (the compile
+    time is logged as pretrain/compile_s), faster after; one graph per crop length."""
 
     @model_validator(mode="after")
     def _ratios(self) -> PretrainConfig:

@@ -48,7 +48,7 @@ def test_label_alignment_takes_every_second_mfcc_label() -> None:
 def test_label_problems_are_clear_errors() -> None:
     model = _model(label_rate=100.0)
     with pytest.raises(LabelError, match=r"label ids must be in \[0, 50\).*got \[0, 77\]"):
-        model.align_labels(torch.tensor([[0, 77] * 100]), 99)
+        model.check_label_ids(torch.tensor([[0, 77] * 100]))
     with pytest.raises(LabelError, match="label_rate does not match"):
         model.align_labels(torch.zeros(1, 100, dtype=torch.long), 99)  # 50 Hz labels read as 100 Hz
 

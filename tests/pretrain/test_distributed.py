@@ -59,7 +59,7 @@ def _run(paradigm: str, rank: int, world: int) -> tuple[list[float], dict[str, t
         result = train_update(model, params, opt, [mine], cfg, torch.device("cpu"), torch.Generator(), ctx)
         opt.step()
         model.ema_step(step + 1)
-        losses.append(result.loss)
+        losses.append(float(result.loss))
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -151,29 +151,43 @@ def nan_loss_on_forward(calls: set[int] | None = None, after: int | None = None)
         handle.remove()
 
 
+def _applied_updates(checkpoint: Path) -> set[float]:
+    """The optimiser's step count of every parameter in a checkpoint (a skipped update does not move it)."""
+    flat = load_file(str(checkpoint / "optimizer.safetensors"))
+    return {float(v) for k, v in flat.items() if k.startswith("state.") and k.endswith(".step")}
+
+
 def test_non_finite_updates_are_skipped_counted_and_survive_a_resume(manifest: Manifest, tmp_path: Path) -> None:
+    """A non-finite update is skipped on the device (no host sync): it counts as an update of the run, but moves
+    no parameter, moment or optimiser step, and the window average leaves it out."""
     sink = Sink()
-    with nan_loss_on_forward(calls={2}):  # forward 1 -> step 1; forward 2 skipped; forwards 3, 4 -> steps 2, 3
+    with nan_loss_on_forward(calls={2}):  # update 2 is skipped
         end = pretrain(experiment(max_steps=3), tmp_path, manifest, sink=sink)
     assert sink.steps == [1, 2, 3]
     assert sink.series("skipped_updates") == [0, 1, 1]
-    assert all(math.isfinite(v) for v in sink.series("loss"))
+    losses = [m.get("pretrain/loss") for _, m in sink.rows]
+    assert losses[1] is None, "a window with only a skipped update has no loss to average"
+    assert math.isfinite(losses[0]) and math.isfinite(losses[2])
     assert json.loads((end / "state.json").read_text())["extra"]["skipped_updates"] == 1
+    assert _applied_updates(end) == {2.0}, "updates 1 and 3 moved the optimiser, update 2 did not"
     params = load_file(str(end / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in params.values())
 
     pretrain(experiment(max_steps=4), tmp_path, manifest, sink=sink)
     assert sink.steps[-1] == 4 and sink.series("skipped_updates")[-1] == 1
+    assert _applied_updates(latest_checkpoint(tmp_path)) == {3.0}
 
 
 def test_too_many_non_finite_updates_in_a_row_stop_the_run(manifest: Manifest, tmp_path: Path) -> None:
     sink = Sink()
     with nan_loss_on_forward(after=1), pytest.raises(NonFiniteLossError) as info:
         pretrain(experiment(max_steps=6, max_bad_updates_in_a_row=3), tmp_path, manifest, sink=sink)
-    assert "3 updates in a row had a non-finite loss or gradient (loss=nan" in str(info.value)
-    assert "at update 1" in str(info.value) and "pretrain.lr" in str(info.value)
-    assert sink.steps == [1]
-    assert latest_checkpoint(tmp_path) is None  # nothing bad was saved
+    assert "3 updates in a row had a non-finite loss or gradient (last non-finite loss=nan" in str(info.value)
+    assert "by update 4, after 1 updates" in str(info.value) and "pretrain.lr" in str(info.value)
+    assert sink.steps == [1, 2, 3] and sink.series("skipped_updates") == [0, 1, 2]
+    saved = latest_checkpoint(tmp_path)  # update 3's checkpoint: what update 1 left, nothing of the skipped ones
+    assert saved is not None and saved.name == "step_000000003" and _applied_updates(saved) == {1.0}
+    assert all(torch.isfinite(v).all() for v in load_file(str(saved / "model.safetensors")).values())
 
 
 def test_tri_stage_lr_at_the_phase_boundaries() -> None:

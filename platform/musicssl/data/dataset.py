@@ -90,12 +90,17 @@ class Batch:
     labels: torch.Tensor | None  # (B, F) cluster ids, MusicHuBERT only
     mask: torch.Tensor | None = None  # (B, T) a fixed mask (tests); None = the model draws one
 
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory (the DataLoader calls this for a GPU), so copies to it overlap."""
+        return Batch(self.position, self.audio.pin_memory(), self.labels, self.mask)
+
 
 def iterate_batches(manifest: Manifest, cfg: DataConfig, seed: int, start: DataPosition = DataPosition(),
                     rank: int = 0, world_size: int = 1, labels: list[np.ndarray] | None = None,
-                    label_rate: float = 100.0) -> Iterator[Batch]:
+                    label_rate: float = 100.0, shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
     """Endless stream of batches from `start`; with `labels` (one array per manifest row) each batch carries
-    the label frames of its crops.
+    the label frames of its crops. `shard=(i, n)`: only the i-th of every n batches (DataLoader worker i of n;
+    the loader interleaves its workers' batches back into the one stream).
 
     A file that fails to decode is logged with its path and reason and dropped from its batch; a batch
     left empty is skipped. Raises ValueError if the manifest has no usable item.
@@ -106,9 +111,13 @@ def iterate_batches(manifest: Manifest, cfg: DataConfig, seed: int, start: DataP
         raise ValueError(f"{len(labels)} label lines for {len(manifest)} manifest rows ({manifest.source})")
     epoch, index = start.epoch, start.index
     bad: set[int] = set()
+    count = 0
     while True:
         batches = plan_batches(manifest.sizes, cfg, seed, epoch, rank, world_size)
         for b in range(index, len(batches)):
+            count += 1
+            if (count - 1) % shard[1] != shard[0]:
+                continue
             waves, items = [], []
             for item in map(int, batches[b]):
                 if item in bad:
@@ -119,10 +128,46 @@ def iterate_batches(manifest: Manifest, cfg: DataConfig, seed: int, start: DataP
                 except AudioError as exc:
                     bad.add(item)
                     log.warning("skipping unreadable audio (it stays skipped): %s", exc)
-            if waves:
-                rng = np.random.default_rng([seed, epoch, b, 1])
-                audio, starts = _crop(waves, cfg.max_sample_size, rng)
-                lab = None if labels is None else crop_labels([labels[i] for i in items], starts, audio.shape[1],
-                                                              label_rate)
-                yield Batch(DataPosition(epoch, b + 1), torch.from_numpy(audio), lab)
+            if not waves:  # (with workers, an empty batch still has its turn: the position moves on)
+                if shard[1] > 1:
+                    yield Batch(DataPosition(epoch, b + 1), torch.empty(0, 0), None)
+                continue
+            rng = np.random.default_rng([seed, epoch, b, 1])
+            audio, starts = _crop(waves, cfg.max_sample_size, rng)
+            lab = None if labels is None else crop_labels([labels[i] for i in items], starts, audio.shape[1],
+                                                          label_rate)
+            yield Batch(DataPosition(epoch, b + 1), torch.from_numpy(audio), lab)
         epoch, index = epoch + 1, 0
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """`iterate_batches` for a `torch.utils.data.DataLoader`: each worker decodes and crops its share of the batches
+    (every n-th), and the loader hands them back in the stream's order, so the batches and their positions are
+    exactly those of `iterate_batches` without workers (and a resumed run sees the same ones)."""
+
+    def __init__(self, manifest: Manifest, cfg: DataConfig, seed: int, start: DataPosition, rank: int = 0,
+                 world_size: int = 1, labels: list[np.ndarray] | None = None, label_rate: float = 100.0) -> None:
+        super().__init__()
+        self.args = (manifest, cfg, seed, start, rank, world_size, labels, label_rate)
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        shard = (0, 1) if info is None else (info.id, info.num_workers)
+        return iterate_batches(*self.args, shard=shard)
+
+
+def batch_loader(manifest: Manifest, cfg: DataConfig, seed: int, start: DataPosition, *, device: torch.device,
+                 rank: int = 0, world_size: int = 1, labels: list[np.ndarray] | None = None,
+                 label_rate: float = 100.0) -> Iterator[Batch]:
+    """The training stream: in this process (`data.num_workers` 0, the CPU default) or from DataLoader workers with
+    `data.prefetch_batches` each prepared ahead and, for a GPU, pinned memory. Empty batches (every file unreadable)
+    are dropped here."""
+    workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
+    if workers == 0:
+        return iterate_batches(manifest, cfg, seed, start, rank, world_size, labels, label_rate)
+    stream = BatchStream(manifest, cfg, seed, start, rank, world_size, labels, label_rate)
+    if not np.any(manifest.sizes >= cfg.min_sample_size):  # the same early error as without workers
+        next(iter(stream))
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+                                         pin_memory=device.type == "cuda", prefetch_factor=cfg.prefetch_batches)
+    return (batch for batch in loader if batch.audio.numel())

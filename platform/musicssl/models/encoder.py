@@ -47,22 +47,34 @@ class GradMultiply(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def conv_feature_extractor(cfg: EncoderConfig) -> nn.Module:
-    """7-block conv stack; `layer_norm` mode normalises every block, `default` GroupNorms block 0 only."""
-    blocks = []
-    in_ch = 1
-    for i, (ch, k, stride) in enumerate(cfg.conv_layers):
-        conv = nn.Conv1d(in_ch, ch, k, stride=stride, bias=cfg.conv_bias)
-        nn.init.kaiming_normal_(conv.weight)
-        if cfg.extractor_mode == "layer_norm":
-            norm = nn.Sequential(TransposeLast(), nn.LayerNorm(ch), TransposeLast())
-            blocks.append(nn.Sequential(conv, nn.Dropout(0.0), norm, nn.GELU()))
-        elif i == 0:
-            blocks.append(nn.Sequential(conv, nn.Dropout(0.0), nn.GroupNorm(ch, ch, affine=True), nn.GELU()))
-        else:
-            blocks.append(nn.Sequential(conv, nn.Dropout(0.0), nn.GELU()))
-        in_ch = ch
-    return nn.ModuleDict({"conv_layers": nn.ModuleList(blocks)})
+class ConvFeatureExtractor(nn.Module):
+    """7-block conv stack; `layer_norm` mode normalises every block, `default` GroupNorms block 0 only.
+
+    (B, S) waveform -> (B, C, T) features; parameters named `conv_layers.{i}.{0,2}` as fairseq names them.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        blocks = []
+        in_ch = 1
+        for i, (ch, k, stride) in enumerate(cfg.conv_layers):
+            conv = nn.Conv1d(in_ch, ch, k, stride=stride, bias=cfg.conv_bias)
+            nn.init.kaiming_normal_(conv.weight)
+            if cfg.extractor_mode == "layer_norm":
+                norm = nn.Sequential(TransposeLast(), nn.LayerNorm(ch), TransposeLast())
+                blocks.append(nn.Sequential(conv, nn.Dropout(0.0), norm, nn.GELU()))
+            elif i == 0:
+                blocks.append(nn.Sequential(conv, nn.Dropout(0.0), nn.GroupNorm(ch, ch, affine=True), nn.GELU()))
+            else:
+                blocks.append(nn.Sequential(conv, nn.Dropout(0.0), nn.GELU()))
+            in_ch = ch
+        self.conv_layers = nn.ModuleList(blocks)
+
+    def forward(self, source: Tensor) -> Tensor:
+        x = source[:, None, :]
+        for block in self.conv_layers:
+            x = block(x)
+        return x
 
 
 def positional_conv(cfg: EncoderConfig) -> nn.Sequential:
@@ -163,12 +175,18 @@ class TransformerEncoder(nn.Module):
         x = self.dropout(x)
         hidden, results = [x[:, :T]] if output_hidden_states else [], []
         drop = self.cfg.encoder_layerdrop if self.training else 0.0
+        # layerdrop in tensor ops (no host sync, one compiled graph whatever is dropped): every layer runs and a
+        # dropped one passes its input through, so its parameters get a zero gradient, as fairseq's data-parallel
+        # training gives them (it fills unused parameters' gradients with zeros before the all-reduce)
+        keep = torch.rand(len(self.layers), device=x.device) >= drop if drop > 0.0 else None
         for i, layer in enumerate(self.layers):
             if max_layer is not None and i >= max_layer:
                 break
-            if drop > 0.0 and torch.rand(()).item() < drop:
-                continue  # fairseq keeps a layer when random > layerdrop
-            x, ffn = layer(x, padding_mask)
+            y, ffn = layer(x, padding_mask)
+            if keep is not None:  # fairseq keeps a layer when random > layerdrop
+                y = torch.where(keep[i], y, x)
+                ffn = torch.where(keep[i], ffn, torch.zeros_like(ffn))
+            x = y
             if i >= min_layer:
                 results.append(ffn[:, :T])
             if output_hidden_states:
@@ -191,7 +209,7 @@ class SSLEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         conv_dim = cfg.conv_layers[-1][0]
-        self.feature_extractor = conv_feature_extractor(cfg)
+        self.feature_extractor = ConvFeatureExtractor(cfg)
         self.layer_norm = nn.LayerNorm(conv_dim)
         self.post_extract_proj = nn.Linear(conv_dim, cfg.embed_dim)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
@@ -210,9 +228,7 @@ class SSLEncoder(nn.Module):
         parameters get no gradient, so no optimiser step, weight decay included, touches them), not a zero gradient.
         """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.extractor_frozen):
-            x = source[:, None, :]
-            for block in self.feature_extractor["conv_layers"]:
-                x = block(x)
+            x = self.feature_extractor(source)
         if self.cfg.feature_grad_mult not in (0.0, 1.0) and self.training:
             x = GradMultiply.apply(x, self.cfg.feature_grad_mult)
         return x
@@ -242,7 +258,8 @@ def num_frames(num_samples: int, cfg: EncoderConfig) -> int:
 
 
 def frame_padding_mask(sample_mask: Tensor, frames: int, cfg: EncoderConfig) -> Tensor:
-    """(B, S) sample padding mask (True = padding) -> (B, frames) frame padding mask."""
-    lengths = (~sample_mask).sum(-1).tolist()
-    valid = torch.tensor([num_frames(int(n), cfg) for n in lengths], device=sample_mask.device)
-    return torch.arange(frames, device=sample_mask.device)[None, :] >= valid[:, None]
+    """(B, S) sample padding mask (True = padding) -> (B, frames) frame padding mask (tensor ops: no host sync)."""
+    valid = (~sample_mask).sum(-1)
+    for _, k, s in cfg.conv_layers:
+        valid = torch.div(valid - k, s, rounding_mode="floor") + 1
+    return torch.arange(frames, device=sample_mask.device)[None, :] >= valid.clamp(min=0)[:, None]

@@ -27,12 +27,13 @@ class TargetCollapseError(RuntimeError):
 
 @dataclass
 class StepOutput:
-    """One forward pass: `loss_sum` (divide by `sample_size`: the masked frames, plus the unmasked ones when
-    MusicHuBERT weights their loss) and logging values."""
+    """One forward pass, all on the device (reading none of it waits for the device until the caller does):
+    `loss_sum` (divide by `sample_size`: the masked frames, plus the unmasked ones when MusicHuBERT weights their
+    loss) and logging values (0-dim tensors)."""
 
     loss_sum: Tensor
-    sample_size: int
-    logs: dict[str, float]
+    sample_size: Tensor
+    logs: dict[str, Tensor]
 
 
 class Music2Vec(nn.Module):
@@ -61,21 +62,45 @@ class Music2Vec(nn.Module):
         return c.ema_end_decay - (c.ema_end_decay - c.ema_decay) * (1 - num_updates / c.ema_anneal_end_step)
 
     @torch.no_grad()
-    def ema_step(self, num_updates: int) -> None:
-        """Teacher <- decay * teacher + (1 - decay) * student; positional conv and buffers copied."""
+    def ema_step(self, num_updates: int, applied: Tensor | None = None) -> None:
+        """Teacher <- decay * teacher + (1 - decay) * student in fused foreach ops; the positional conv (and a frozen
+        extractor's part, none in the teacher) copied, buffers copied. `applied` (a bool tensor, False when the
+        update was skipped) makes it a no-op on the device, without reading the flag."""
         self.num_updates = num_updates
         decay = self.ema_decay(num_updates)
         if decay >= 1.0:
             return
-        student = dict(self.student.encoder.named_parameters())
-        for name, t in self.teacher.named_parameters():
-            s = student[name].detach().float()
-            if name.startswith("pos_conv.") or not student[name].requires_grad:
-                t.copy_(s)
-            else:
-                t.mul_(decay).add_(s, alpha=1.0 - decay)
-        for (_, tb), (_, sb) in zip(self.teacher.named_buffers(), self.student.encoder.named_buffers(), strict=True):
-            tb.copy_(sb)
+        averaged, copied, buffers = self._ema_pairs()
+        if applied is None:
+            if averaged[0]:
+                torch._foreach_lerp_(averaged[0], averaged[1], 1.0 - decay)
+            for teacher, student in (copied, buffers):
+                if teacher:
+                    torch._foreach_copy_(teacher, student)
+            return
+        keep = applied.float()  # 1 = the update was applied; 0 = skipped: move nothing
+        for (teacher, student), weight in ((averaged, keep * (1.0 - decay)), (copied, keep), (buffers, keep)):
+            if teacher:  # teacher += weight * (student - teacher), the weight a device tensor (lerp would read it)
+                step = torch._foreach_sub(student, teacher)
+                torch._foreach_mul_(step, weight)
+                torch._foreach_add_(teacher, step)
+
+    def _ema_pairs(self) -> tuple[tuple[list[Tensor], list[Tensor]], ...]:
+        """(teacher, student) tensor lists: averaged parameters, copied parameters, buffers (built once)."""
+        if getattr(self, "_pairs", None) is None:
+            student = dict(self.student.encoder.named_parameters())
+            averaged: tuple[list[Tensor], list[Tensor]] = ([], [])
+            copied: tuple[list[Tensor], list[Tensor]] = ([], [])
+            for name, t in self.teacher.named_parameters():
+                s = student[name]
+                if s.dtype != t.dtype:
+                    raise TypeError(f"EMA: student {name} is {s.dtype}, the fp32 teacher needs fp32 weights")
+                group = copied if name.startswith("pos_conv.") or not s.requires_grad else averaged
+                group[0].append(t)
+                group[1].append(s)
+            buffers = ([b for _, b in self.teacher.named_buffers()], [b for _, b in self.student.encoder.named_buffers()])
+            self._pairs = (averaged, copied, buffers)
+        return self._pairs
 
     def forward(self, source: Tensor, generator: torch.Generator | None = None, mask: Tensor | None = None
                 ) -> StepOutput:
@@ -87,9 +112,10 @@ class Music2Vec(nn.Module):
         x = enc.dropout_input(x)
         B, T, _ = x.shape
         if mask is None:
-            mask = compute_mask(torch.full((B,), T, device=x.device), T, cfg.mask_prob, cfg.mask_length,
+            mask = compute_mask(None, T, cfg.mask_prob, cfg.mask_length,
                                 min_masks=cfg.mask_min_masks, require_same_masks=cfg.require_same_masks,
-                                batch_rounding=True, generator=generator)  # (B, T); no padding_mask in fairseq
+                                batch_rounding=True, generator=generator, batch_size=B,
+                                device=x.device)  # (B, T); no padding_mask in fairseq
         x = torch.where(mask[..., None], enc.mask_emb.to(x.dtype), x)
         student_out = enc.encoder(x).x  # (B, T, D)
 
@@ -97,12 +123,15 @@ class Music2Vec(nn.Module):
             self.teacher.eval()
             k = cfg.music2vec.average_top_k_layers
             layers = self.teacher(teacher_in.float(), min_layer=cfg.encoder.num_layers - k).layer_results
-            y = self._targets(layers)[mask]  # (N, D)
-        pred = self.final_proj(student_out[mask]).float()  # (N, D)
-        loss = self._loss(pred, y)
-        logs = {"target_var": _std_mean(y), "pred_var": _std_mean(pred.detach()),
-                "ema_decay": self.ema_decay(self.num_updates), "masked_frac": mask.float().mean().item()}
-        return StepOutput(loss.sum() * self._loss_scale(), int(mask.sum()), logs)
+            y = self._targets(layers)  # (B, T, D)
+        # every frame is predicted and the loss keeps the masked ones: the same sum as fairseq's over x[mask], without
+        # a boolean index (whose size only the device knows)
+        pred = self.final_proj(student_out).float()  # (B, T, D)
+        weight = mask.to(pred.dtype)
+        loss = (self._loss(pred, y) * weight).sum()
+        logs = {"target_var": _std_mean(y, weight), "pred_var": _std_mean(pred.detach(), weight),
+                "masked_frac": weight.mean()}
+        return StepOutput(loss * self._loss_scale(), mask.sum(), logs)
 
     def _targets(self, layers: list[Tensor]) -> Tensor:
         """Average of per-layer instance-normalised FFN outputs: [(B, T, D)] -> (B, T, D)."""
@@ -121,7 +150,8 @@ class Music2Vec(nn.Module):
         return scale if scale is not None else 1.0 / math.sqrt(self.cfg.encoder.embed_dim)
 
     def check_collapse(self, logs: dict[str, float], num_updates: int) -> None:
-        """Raise `TargetCollapseError` once past `var_check_after` updates if target or prediction std collapsed."""
+        """Raise `TargetCollapseError` once past `var_check_after` updates if target or prediction std collapsed
+        (`logs`: values read from the device; the loop checks at its log steps)."""
         c = self.cfg.music2vec
         if num_updates < c.var_check_after:
             return
@@ -134,8 +164,11 @@ class Music2Vec(nn.Module):
                 f"prediction std {logs['pred_var']:.4g} < min_pred_var {c.min_pred_var} at update {num_updates}")
 
 
-def _std_mean(y: Tensor) -> float:
-    """fairseq `compute_var`: mean over channels of sqrt(var over frames + 1e-6)."""
-    if y.shape[0] < 2:
-        return 0.0
-    return torch.sqrt(y.float().var(dim=0) + 1e-6).mean().item()
+def _std_mean(y: Tensor, weight: Tensor) -> Tensor:
+    """fairseq `compute_var` over the masked frames (`weight` (B, T) 1 there): mean over channels of
+    sqrt(unbiased var over those frames + 1e-6); 0 with fewer than 2 frames."""
+    y, w = y.float(), weight.float()[..., None]  # (B, T, D), (B, T, 1)
+    n = w.sum()
+    mean = (y * w).sum((0, 1)) / n.clamp(min=1)
+    var = ((y - mean) ** 2 * w).sum((0, 1)) / (n - 1).clamp(min=1)
+    return torch.where(n >= 2, torch.sqrt(var + 1e-6).mean(), n.new_zeros(()))

@@ -50,7 +50,7 @@ class MusicHubert(nn.Module):
         """Every parameter but a frozen conv extractor's (`feature_grad_mult` 0)."""
         return [p for n, p in self.named_parameters() if p.requires_grad and self.student.trainable(n.removeprefix("student."))]
 
-    def ema_step(self, num_updates: int) -> None:
+    def ema_step(self, num_updates: int, applied: Tensor | None = None) -> None:
         """No teacher in HuBERT: only the update count moves."""
         self.num_updates = num_updates
 
@@ -58,11 +58,11 @@ class MusicHubert(nn.Module):
         """Nothing to check per step (label problems are caught in `align_labels`)."""
 
     def align_labels(self, labels: Tensor, frames: int) -> tuple[Tensor, int]:
-        """(B, T_lab) cluster ids -> (B, T) embedding-row targets at frame rate; frames trimmed to the labels."""
-        k = self.cfg.hubert.num_clusters
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
-            raise LabelError(f"label ids must be in [0, {k}) for model.hubert.num_clusters={k}, got "
-                             f"[{int(labels.min())}, {int(labels.max())}]: were the labels made with another k?")
+        """(B, T_lab) cluster ids -> (B, T) embedding-row targets at frame rate; frames trimmed to the labels.
+
+        Only shapes are read here (no host sync); the ids themselves are checked by `check_label_ids` (the training
+        loop checks a whole label file against `num_clusters` when it reads it).
+        """
         usable = min(frames, int(labels.shape[1] / self.feat2tar_ratio))
         if usable < frames * 0.9:
             raise LabelError(
@@ -72,53 +72,61 @@ class MusicHubert(nn.Module):
         offset = NUM_SPECIALS if self.cfg.hubert.dictionary_specials else 0
         return labels[:, idx] + offset, usable
 
+    def check_label_ids(self, labels: Tensor) -> None:
+        """Raise `LabelError` unless every id is in [0, num_clusters)."""
+        k = self.cfg.hubert.num_clusters
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise LabelError(f"label ids must be in [0, {k}) for model.hubert.num_clusters={k}, got "
+                             f"[{int(labels.min())}, {int(labels.max())}]: were the labels made with another k?")
+
     def logits(self, x: Tensor) -> Tensor:
-        """(N, D) encoder outputs -> (N, rows) cosine-similarity logits / logit_temp."""
+        """(..., D) encoder outputs -> (..., rows) cosine-similarity logits / logit_temp."""
         proj = self.final_proj(x).float()
         sim = F.normalize(proj, dim=-1, eps=1e-8) @ F.normalize(self.label_embs_concat.float(), dim=-1, eps=1e-8).T
         return sim / self.cfg.hubert.logit_temp
 
     def forward(self, source: Tensor, labels: Tensor, generator: torch.Generator | None = None,
                 mask: Tensor | None = None) -> StepOutput:
-        """source: (B, S) cropped waveforms; labels: (B, T_lab) cluster ids of the same crops; `mask` (B, T)
-        overrides the drawn span mask (tests)."""
+        """source: (B, S) cropped waveforms; labels: (B, T_lab) cluster ids of the same crops, in [0, num_clusters)
+        (`check_label_ids`), moved to the device here; `mask` (B, T) overrides the drawn span mask (tests)."""
         cfg, h, enc = self.cfg, self.cfg.hubert, self.student
         conv = enc.conv_features(source)  # (B, C, T)
         targets, frames = self.align_labels(labels, conv.shape[2])
+        targets = targets.to(conv.device, non_blocking=True)
         conv = conv[..., :frames]
         features_pen = conv.float().pow(2).mean()
         x = enc.dropout_input(enc.project(conv))  # (B, T, D)
         B, T, _ = x.shape
         if mask is None:
-            mask = compute_mask(torch.full((B,), T, device=x.device), T, cfg.mask_prob, cfg.mask_length,
+            mask = compute_mask(None, T, cfg.mask_prob, cfg.mask_length,
                                 min_masks=cfg.mask_min_masks, require_same_masks=cfg.require_same_masks,
-                                generator=generator)  # (B, T)
+                                generator=generator, batch_size=B, device=x.device)  # (B, T)
         x = torch.where(mask[..., None], enc.mask_emb.to(x.dtype), x)
         out = enc.encoder(x).x  # (B, T, D)
 
         # fairseq's hubert criterion: the sample size counts the frames of every loss term whose weight is > 0
-        # (masked, plus unmasked when pred_nomask_weight > 0); the feature penalty is scaled by that same count
-        loss, sample_size = out.new_zeros((), dtype=torch.float32), 0
-        logit_m = self.logits(out[mask])
-        logs = {"acc_masked": _accuracy(logit_m, targets[mask]), "features_pen": features_pen.item()}
+        # (masked, plus unmasked when pred_nomask_weight > 0); the feature penalty is scaled by that same count.
+        # Every frame gets its logits and cross-entropy; the masked / unmasked sums weight them (the same sums as
+        # fairseq's over out[mask] and out[~mask], without a boolean index whose size only the device knows).
+        masked = mask.float()
+        unmasked = 1.0 - masked
+        logits = self.logits(out)  # (B, T, rows)
+        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(B, T)
+        hit = (logits.detach().argmax(-1) == targets).float()
+        loss, sample_size = out.new_zeros((), dtype=torch.float32), masked.new_zeros(())
         if h.pred_masked_weight > 0:
-            loss = loss + h.pred_masked_weight * F.cross_entropy(logit_m, targets[mask], reduction="sum")
-            sample_size += int(mask.sum())
+            loss = loss + h.pred_masked_weight * (ce * masked).sum()
+            sample_size = sample_size + masked.sum()
         if h.pred_nomask_weight > 0:
-            logit_u = self.logits(out[~mask])
-            loss = loss + h.pred_nomask_weight * F.cross_entropy(logit_u, targets[~mask], reduction="sum")
-            logs["acc_unmasked"] = _accuracy(logit_u, targets[~mask])
-            sample_size += int((~mask).sum())
-        else:
-            with torch.no_grad():
-                logs["acc_unmasked"] = _accuracy(self.logits(out[~mask]), targets[~mask])
+            loss = loss + h.pred_nomask_weight * (ce * unmasked).sum()
+            sample_size = sample_size + unmasked.sum()
         if h.feature_pen_weight != 0:
             loss = loss + h.feature_pen_weight * features_pen * sample_size
-        logs["masked_frac"] = mask.float().mean().item()
-        return StepOutput(loss, sample_size, logs)
+        logs = {"acc_masked": _mean_where(hit, masked), "acc_unmasked": _mean_where(hit, unmasked),
+                "features_pen": features_pen.detach(), "masked_frac": masked.mean()}
+        return StepOutput(loss, sample_size.long(), logs)
 
 
-def _accuracy(logits: Tensor, targets: Tensor) -> float:
-    if targets.numel() == 0:
-        return 0.0
-    return (logits.argmax(-1) == targets).float().mean().item()
+def _mean_where(values: Tensor, weight: Tensor) -> Tensor:
+    """Mean of `values` where `weight` is 1 (0 where it is nowhere)."""
+    return (values * weight).sum() / weight.sum().clamp(min=1)

@@ -42,18 +42,17 @@ class DistContext:
         torch_dist.all_gather_object(out, local)
         return out
 
-    def all_reduce_grads(self, params: list[nn.Parameter], scalars: list[float]) -> list[float]:
-        """Sum every parameter's gradient (missing ones count as zero) and `scalars` over all ranks, in place."""
-        device = params[0].device
+    def all_reduce_grads(self, params: list[nn.Parameter], scalars: torch.Tensor) -> torch.Tensor:
+        """Sum every parameter's gradient (missing ones count as zero) and `scalars` (a 1-d tensor on the
+        parameters' device) over all ranks, in place; returns the summed scalars (on the device: nothing is read)."""
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params] + [torch.tensor(scalars, device=device,
-                                                                              dtype=params[0].grad.dtype)])
+        flat = torch.cat([p.grad.reshape(-1) for p in params] + [scalars.to(params[0].grad.dtype)])
         torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
         offset = 0
         for p in params:
             n = p.numel()
             p.grad.copy_(flat[offset:offset + n].view_as(p))
             offset += n
-        return flat[offset:].tolist()
+        return flat[offset:]

@@ -20,10 +20,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from musicssl.config import ExperimentConfig, ModelConfig, MusicHubertConfig
-from musicssl.data.dataset import Batch, DataPosition, iterate_batches
+from musicssl.config import ExperimentConfig, ModelConfig, MusicHubertConfig, PretrainConfig
+from musicssl.data.dataset import Batch, DataPosition, batch_loader
 from musicssl.data.manifest import Manifest
 from musicssl.models.encoder import num_frames
 from musicssl.models.music2vec import Music2Vec
@@ -36,7 +36,7 @@ from musicssl.pretrain.checkpoint import (
     save_checkpoint,
 )
 from musicssl.pretrain.distributed import DistContext
-from musicssl.pretrain.optim import build_optimizer, lr_at, set_lr
+from musicssl.pretrain.optim import build_optimizer, lr_at, set_lr, use_fused_step
 
 
 class MetricSink(Protocol):
@@ -106,6 +106,7 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
     resume = latest_checkpoint(run_dir)
     if resume is not None:
         state, rng = load_checkpoint(resume, model, optimizer)
+        use_fused_step(optimizer)  # (a checkpoint of an older musicssl carries the unfused setting)
         step, position = state.step, DataPosition(state.data_epoch, state.data_index)
         skipped = int(state.extra.get("skipped_updates", 0))
         mine = "" if dist.rank == 0 else f"rank{dist.rank}."  # every rank's streams are saved (exact resume)
@@ -128,51 +129,59 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
             raise ValueError("MusicHuBERT needs k-means labels: set data.labels to a .km file aligned with the "
                              "manifest, or let `musicssl pretrain` / `musicssl sweep` make them")
         label_arrays = read_checked_labels(labels_path, manifest, cfg.model.hubert)
-    batches = iterate_batches(manifest, cfg.data, cfg.seed, position, rank=dist.rank, world_size=dist.world_size,
-                              labels=label_arrays, label_rate=cfg.model.hubert.label_rate)
+    batches = batch_loader(manifest, cfg.data, cfg.seed, position, device=device, rank=dist.rank,
+                           world_size=dist.world_size, labels=label_arrays, label_rate=cfg.model.hubert.label_rate)
+    compile_s = compile_model(model) if pcfg.compile else None
     model.train()
-    bad_in_a_row, window, started, since_ckpt = 0, _Window(), time.monotonic(), []
+    # Between log steps nothing is read from the device: the update's numbers are summed there (`_Window`), a
+    # non-finite update is skipped there (the fused optimiser's `found_inf`), and they are read, checked (too many
+    # non-finite updates in a row, collapsed targets) and logged every `log_every` updates and at checkpoints.
+    window, started = _Window(device, skipped), time.monotonic()
     while step < pcfg.max_steps:
         set_lr(optimizer, lr_at(step, pcfg))
         micro = [next(batches) for _ in range(pcfg.update_freq)]
         position = micro[-1].position
         result = train_update(model, params, optimizer, micro, cfg, device, mask_rng, dist)
-        if not result.finite:
-            skipped += 1
-            bad_in_a_row += 1
-            if bad_in_a_row >= pcfg.max_bad_updates_in_a_row:
-                raise NonFiniteLossError(
-                    f"{bad_in_a_row} updates in a row had a non-finite loss or gradient (loss={result.loss}, "
-                    f"grad_norm={result.grad_norm}) at update {step}: lower pretrain.lr, set pretrain.clip_norm, "
-                    "or check the audio for NaN/inf")
-            continue
-        bad_in_a_row = 0
-        optimizer.step()
+        apply_update(optimizer, result)
         step += 1
-        model.ema_step(step)
-        model.check_collapse(result.logs, step)
-        window.add(loss=result.loss, grad_norm=result.grad_norm, frames=result.frames, **result.logs)
+        model.ema_step(step, applied=result.finite)
+        window.add(result)
+        if compile_s is not None and step == 1:
+            compile_s += time.monotonic() - started  # the first step compiles the graphs
         out_of_time = pcfg.max_time_s is not None and time.monotonic() - started > pcfg.max_time_s
         last = step == pcfg.max_steps or out_of_time
-
-        since_ckpt.append(result.loss)
-        if dist.rank == 0 and sink is not None and (step % pcfg.log_every == 0 or last):
-            metrics = window.flush() | {"lr": optimizer.param_groups[0]["lr"], "skipped_updates": skipped,
-                                        "peak_mem_mb": _peak_memory_mb(device)}
+        log_now = step % pcfg.log_every == 0 or last
+        checkpoint_now = step % pcfg.checkpoint_every == 0 or last or step in extra_checkpoints
+        if not (log_now or checkpoint_now):
+            continue
+        seen = window.read()  # the one wait for the device
+        if seen.bad_in_a_row >= pcfg.max_bad_updates_in_a_row:
+            raise NonFiniteLossError(
+                f"{seen.bad_in_a_row} updates in a row had a non-finite loss or gradient (last non-finite loss="
+                f"{seen.last_bad_loss}) by update {step}, after {step - seen.bad_in_a_row} updates: lower "
+                "pretrain.lr, set pretrain.clip_norm, or check the audio for NaN/inf")
+        if seen.means:
+            model.check_collapse(seen.means, step)
+        if dist.rank == 0 and sink is not None and log_now:
+            metrics = window.flush() | {"lr": optimizer.param_groups[0]["lr"], "peak_mem_mb": _peak_memory_mb(device)}
+            if isinstance(model, Music2Vec):
+                metrics["ema_decay"] = model.ema_decay(step)
+            if compile_s is not None and step <= pcfg.log_every:
+                metrics["compile_s"] = compile_s
             sink.log({f"pretrain/{k}": v for k, v in metrics.items()}, step)
-        if step % pcfg.checkpoint_every == 0 or last or step in extra_checkpoints:
+        if checkpoint_now:
             streams = {"torch": torch.get_rng_state(), "mask": mask_rng.get_state()}
             if device.type == "cuda":
                 streams["cuda"] = torch.cuda.get_rng_state(device)
             ranks = dist.gather_states(streams)  # a collective: every rank takes part
             if dist.rank == 0:
                 rng = ranks[0] | {f"rank{r}.{k}": v for r, s in enumerate(ranks[1:], 1) for k, v in s.items()}
-                state = TrainState(step, position.epoch, position.index, {"skipped_updates": skipped})
+                state = TrainState(step, position.epoch, position.index, {"skipped_updates": seen.skipped})
                 path = save_checkpoint(run_dir, cfg, model, model.student, optimizer, state, rng, pcfg.keep_last,
-                                       score=float(np.mean(since_ckpt)))
+                                       score=window.checkpoint_score())
                 if on_checkpoint is not None:
-                    on_checkpoint(path, step, {"loss": result.loss})
-            since_ckpt = []
+                    on_checkpoint(path, step, {"loss": seen.last_loss})
+            window.checkpoint_done()
             dist.barrier()
             if after_checkpoint is not None:
                 after_checkpoint(step)
@@ -183,43 +192,54 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
     return final
 
 
+def compile_model(model: Music2Vec | MusicHubert) -> float:
+    """`torch.compile` the student's conv extractor and transformer and the teacher, in place (parameter names, and
+    so checkpoints, unchanged); returns the seconds spent here (the graphs themselves compile on the first step)."""
+    t0 = time.monotonic()
+    model.student.feature_extractor.compile()
+    model.student.encoder.compile()
+    if isinstance(model, Music2Vec):
+        model.teacher.compile()
+    return time.monotonic() - t0
+
+
 @dataclass
 class UpdateResult:
-    """One update's numbers, summed over micro-batches and ranks."""
+    """One update's numbers, summed over micro-batches and ranks, as 0-dim tensors on the device (reading them waits
+    for the device: the loop does so only at log steps)."""
 
-    loss: float
-    grad_norm: float
-    sample_size: int
+    loss: Tensor  # per sample (frame), averaged as fairseq divides
+    grad_norm: Tensor
+    sample_size: Tensor
     frames: int
-    logs: dict[str, float]
-
-    @property
-    def finite(self) -> bool:
-        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+    logs: dict[str, Tensor]
+    finite: Tensor  # bool: the loss and the gradient norm are finite (else the update is skipped)
 
 
 def train_update(model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, micro: list[Batch],
                  cfg: ExperimentConfig, device: torch.device, mask_rng: torch.Generator,
                  dist: DistContext) -> UpdateResult:
-    """Forward/backward every micro-batch, sum over ranks, normalise by the sample size, clip.
+    """Forward/backward every micro-batch, sum over ranks, normalise by the sample size, clip; no host sync.
 
-    The optimiser step is left to the caller (it is skipped when the result is not finite).
+    The optimiser step is left to the caller (`apply_update`, which skips it when the result is not finite).
     """
     optimizer.zero_grad(set_to_none=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    loss_sum, sample_size, frames, logs = 0.0, 0, 0, {}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.pretrain, device))
+    loss_sum: Tensor | float = 0.0
+    sample_size: Tensor | float = 0.0
+    frames, logs = 0, {}
     try:
         for batch in micro:
             audio = batch.audio.to(device, non_blocking=True)
-            mask = None if batch.mask is None else batch.mask.to(device)
+            mask = None if batch.mask is None else batch.mask.to(device, non_blocking=True)
             with autocast:
                 if batch.labels is None:
                     out = model(audio, mask_rng, mask=mask)
-                else:
-                    out = model(audio, batch.labels.to(device, non_blocking=True), mask_rng, mask=mask)
+                else:  # (labels checked against num_clusters when read; the model moves them to the device)
+                    out = model(audio, batch.labels, mask_rng, mask=mask)
             out.loss_sum.backward()
-            loss_sum += out.loss_sum.item()
-            sample_size += out.sample_size
+            loss_sum = loss_sum + out.loss_sum.detach().float()
+            sample_size = sample_size + out.sample_size
             frames += audio.shape[0] * num_frames(audio.shape[1], cfg.model.encoder)
             logs = out.logs
     except torch.OutOfMemoryError as exc:
@@ -227,35 +247,100 @@ def train_update(model: nn.Module, params: list[nn.Parameter], optimizer: torch.
             f"out of memory on {device} with batches of up to data.max_tokens={cfg.data.max_tokens} samples "
             f"(crops of data.max_sample_size={cfg.data.max_sample_size}): lower data.max_tokens and raise "
             f"pretrain.update_freq to keep the effective batch. ({exc})") from exc
+    loss_t = torch.as_tensor(loss_sum, dtype=torch.float32, device=device)
+    size_t = torch.as_tensor(sample_size, dtype=torch.float32, device=device)
     if dist.world_size > 1:
-        loss_sum, sample_size, frames = dist.all_reduce_grads(params, [loss_sum, float(sample_size), float(frames)])
-        sample_size, frames = int(sample_size), int(frames)
-    for p in params:
-        if p.grad is not None:
-            p.grad.div_(max(sample_size, 1))
-    clip = cfg.pretrain.clip_norm if cfg.pretrain.clip_norm > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-    return UpdateResult(loss_sum / max(sample_size, 1), grad_norm, sample_size, frames, logs)
+        loss_t, size_t = dist.all_reduce_grads(params, torch.stack([loss_t, size_t])).unbind()
+        frames *= dist.world_size  # logged throughput: this rank's frames times the ranks (max_tokens evens them)
+    divisor = size_t.clamp(min=1)
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_div_(grads, divisor)
+    clip = cfg.pretrain.clip_norm if cfg.pretrain.clip_norm > 0 else None
+    grad_norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip is not None else
+                 torch.nn.utils.get_total_norm(grads) if grads else loss_t.new_zeros(()))
+    loss = loss_t / divisor
+    finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+    return UpdateResult(loss, grad_norm, size_t, frames, logs, finite)
+
+
+def apply_update(optimizer: torch.optim.Optimizer, result: UpdateResult) -> None:
+    """The optimiser step, skipped on the device when the update is not finite (parameters, moments and the step
+    count untouched): no host sync."""
+    optimizer.found_inf = (~result.finite).float()  # type: ignore[attr-defined]  # read by the fused step
+    optimizer.step()
+
+
+def autocast_bf16(cfg: PretrainConfig, device: torch.device) -> bool:
+    """Whether the forward runs in bf16 autocast: `pretrain.precision` bf16, or auto on a GPU."""
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+
+@dataclass
+class _Seen:
+    """What `_Window.read` found on the device."""
+
+    bad_in_a_row: int
+    last_bad_loss: float
+    skipped: int
+    last_loss: float
+    means: dict[str, float]  # averages of the applied updates since the last flush (empty if none was)
 
 
 class _Window:
-    """Averages step values between two log points and measures frames per second."""
+    """The step values between two log points, summed on the device (finite updates only), and the counters of
+    skipped updates; frames per second measured over the window."""
 
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.count, self.frames, self.t0 = 0, 0, time.perf_counter()
+    def __init__(self, device: torch.device, skipped: int) -> None:
+        self.device = device
+        zero = torch.zeros((), device=device)
+        self.skipped, self.bad_run, self.last_bad_loss, self.last_loss = zero + skipped, zero, zero, zero
+        self.ckpt_sum, self.ckpt_count = zero, zero
+        self._reset()
 
-    def add(self, frames: int, **values: float) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
-        self.count += 1
-        self.frames += frames
+    def _reset(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = torch.zeros((), device=self.device)
+        self.frames, self.t0 = 0, time.perf_counter()
+
+    def add(self, result: UpdateResult) -> None:
+        ok = result.finite.float()
+        values = {"loss": result.loss, "grad_norm": result.grad_norm} | result.logs
+        for k, v in values.items():  # a skipped update adds nothing (a NaN times 0 is still NaN: hence where)
+            self.sums[k] = self.sums.get(k, 0.0) + torch.where(result.finite, v.float(), 0.0)
+        self.count = self.count + ok
+        self.skipped = self.skipped + (1.0 - ok)
+        self.bad_run = (self.bad_run + 1.0) * (1.0 - ok)
+        self.last_bad_loss = torch.where(result.finite, self.last_bad_loss, result.loss)
+        self.last_loss = torch.where(result.finite, result.loss, self.last_loss)
+        self.ckpt_sum = self.ckpt_sum + torch.where(result.finite, result.loss, 0.0)
+        self.ckpt_count = self.ckpt_count + ok
+        self.frames += result.frames
+
+    def read(self) -> _Seen:
+        """Read the counters and averages (this waits for the device)."""
+        names = list(self.sums)
+        host = torch.stack([self.count, self.bad_run, self.last_bad_loss, self.skipped, self.last_loss,
+                            *(self.sums[k] for k in names)]).tolist()
+        count = host[0]
+        means = {k: v / count for k, v in zip(names, host[5:], strict=True)} if count else {}
+        self._seen = _Seen(int(host[1]), host[2], int(host[3]), host[4], means)
+        return self._seen
 
     def flush(self) -> dict[str, float]:
+        """The averages of the last `read`, frames per second and skipped updates; starts a new window."""
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        out = {k: v / max(self.count, 1) for k, v in self.sums.items()} | {"frames_per_s": self.frames / elapsed}
-        self.__init__()  # type: ignore[misc]
+        out = self._seen.means | {"frames_per_s": self.frames / elapsed, "skipped_updates": float(self._seen.skipped)}
+        self._reset()
         return out
+
+    def checkpoint_score(self) -> float:
+        """Mean training loss of the applied updates since the previous checkpoint (NaN if none)."""
+        count = float(self.ckpt_count)
+        return float(self.ckpt_sum) / count if count else math.nan
+
+    def checkpoint_done(self) -> None:
+        self.ckpt_sum, self.ckpt_count = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
