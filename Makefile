@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.musicssl-installed
 
-.PHONY: help setup demo test test-fast lint typecheck browser clean
+.PHONY: help setup demo test test-fast lint typecheck browser gpu-wheels clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ lint: setup  ## ruff lint + format check
 
 typecheck: setup  ## mypy on the package
 	$(BIN)/mypy
+
+gpu-wheels:  ## download pydantic + PyYAML wheels (CPython 3.10-3.12, x86_64) into .gpu-wheels for docker/gpu_check.sh
+	for v in 3.10 3.11 3.12; do $(PY) -m pip download -q --only-binary=:all: --python-version $$v \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels pydantic pyyaml || exit 1; done
 
 clean:  ## remove the demo state (.musicssl/) and built reports
 	rm -rf .musicssl dashboards/*.html

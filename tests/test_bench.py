@@ -15,6 +15,13 @@ def test_bench_model_reports_both_sides() -> None:
     assert r["ratio"] == pytest.approx(r["musicssl_frames_per_s"] / r["transformers_frames_per_s"])
 
 
+def test_bench_model_compiled_reports_the_compiled_step_and_its_compile_time() -> None:
+    r = bench_model("tiny", batch=1, seconds=1.0, steps=1, warmup=1, device="cpu", threads=1, compile=True)
+    assert r["compiled_frames_per_s"] > 0 and r["compiled_objective_frames_per_s"] > 0
+    assert r["compile_s"] > 0 and r["objective_compile_s"] > 0
+    assert r["compiled_ratio"] == pytest.approx(r["compiled_frames_per_s"] / r["transformers_frames_per_s"])
+
+
 def test_bench_extract_counts_windows() -> None:
     r = bench_extract("tiny", clips=2, clip_seconds=5.0, window_seconds=2.0, device="cpu", threads=1)
     assert (r["windows"], r["states"], r["audio_s"]) == (6, 5, 10.0)  # 2 clips x (2 s + 2 s + 1 s windows)
@@ -24,3 +31,15 @@ def test_flops_estimate_of_the_base_model() -> None:
     # 95M encoder: ~2 x params multiply-adds per frame forward (transformer dominated), x3 for backward
     flops = train_flops_per_frame(music2vec_base())
     assert 4.0e8 < flops < 1.5e9, flops
+
+
+def test_bench_data_times_each_worker_count_against_a_gpu_estimate() -> None:
+    from musicssl.bench import bench_data
+
+    r = bench_data("tiny", workers=(0, 2), batches=2, files=4, seconds=2.5)
+    assert [row["workers"] for row in r["rows"]] == [0, 2]
+    assert all(row["samples_per_s"] > 0 and row["batches_per_s"] > 0 for row in r["rows"])
+    for row in r["rows"]:  # every batch is the 4 files cropped to 2.5 s
+        assert row["samples_per_s"] == pytest.approx(row["batches_per_s"] * 4 * 40000)
+    need = r["gpu_need"]
+    assert need["100%"] == pytest.approx(need["50%"] * 2) and need["30%"] > 0

@@ -58,8 +58,10 @@ def train_flops_per_frame(cfg: ModelConfig) -> float:
 
 
 def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int, device: str = "auto",
-                threads: int | None = None) -> dict[str, Any]:
-    """Measure frames/s of a forward+backward step for musicssl and transformers on the same input."""
+                threads: int | None = None, compile: bool = False) -> dict[str, Any]:
+    """Measure frames/s of a forward+backward step for musicssl and transformers on the same input; with `compile`,
+    also musicssl's encoder compiled as `pretrain.compile` compiles it (`compiled_*`, and the seconds its first
+    step took to compile, `compile_s`)."""
     import transformers
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -90,15 +92,32 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
         loss.backward()
         theirs.zero_grad(set_to_none=True)
 
-    objective = _objective_step(cfg, enc_cfg, audio, dev, autocast)
-    for fn in (step_ours, step_theirs, objective):
+    steps_by_name: dict[str, Callable[[], None]] = {
+        "ours": step_ours, "transformers": step_theirs, "objective": _objective_step(cfg, enc_cfg, audio, dev, autocast)}
+    compile_s: dict[str, float] = {}
+    if compile:
+        torch._dynamo.reset()
+        compiled = SSLEncoder(enc_cfg).to(dev).train()
+        compiled.load_state_dict(ours.state_dict())
+        compiled.compile_parts()
+
+        def step_compiled() -> None:
+            with autocast:
+                loss = compiled(audio)[-1].float().pow(2).mean()
+            loss.backward()
+            compiled.zero_grad(set_to_none=True)
+
+        steps_by_name["compiled"] = step_compiled
+        steps_by_name["compiled_objective"] = _objective_step(cfg, enc_cfg, audio, dev, autocast, compiled=True)
+        for name in ("compiled", "compiled_objective"):
+            compile_s[name] = _timed(steps_by_name[name], dev, 1)[0]  # the first step builds the graphs
+    for fn in steps_by_name.values():
         _timed(fn, dev, warmup)
-    t_ours, t_theirs, t_obj = [], [], []
-    for _ in range(steps):  # interleave so both see the same machine state
-        t_ours += _timed(step_ours, dev, 1)
-        t_theirs += _timed(step_theirs, dev, 1)
-        t_obj += _timed(objective, dev, 1)
-    med = {k: statistics.median(v) for k, v in (("ours", t_ours), ("transformers", t_theirs), ("objective", t_obj))}
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    for _ in range(steps):  # interleave so all see the same machine state
+        for name, fn in steps_by_name.items():
+            times[name] += _timed(fn, dev, 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
     result: dict[str, Any] = {
         "preset": preset, "paradigm": cfg.paradigm, "device": str(dev), "threads": torch.get_num_threads(),
         "params_m": sum(p.numel() for p in ours.parameters()) / 1e6, "batch": batch, "seconds": seconds,
@@ -106,6 +125,11 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
         "musicssl_frames_per_s": frames / med["ours"], "transformers_frames_per_s": frames / med["transformers"],
         "ratio": med["transformers"] / med["ours"], "objective_frames_per_s": frames / med["objective"],
     }
+    if compile:
+        result |= {"compiled_frames_per_s": frames / med["compiled"],
+                   "compiled_ratio": med["transformers"] / med["compiled"],
+                   "compiled_objective_frames_per_s": frames / med["compiled_objective"],
+                   "compile_s": compile_s["compiled"], "objective_compile_s": compile_s["compiled_objective"]}
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
@@ -115,15 +139,19 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
 
 
 def _objective_step(cfg: ModelConfig, enc_cfg: Any, audio: torch.Tensor, dev: torch.device,
-                    autocast: Any) -> Callable[[], None]:
-    """One full objective step (forward + backward, no optimiser) for the preset's paradigm."""
+                    autocast: Any, compiled: bool = False) -> Callable[[], None]:
+    """One full objective step (forward + backward, no optimiser) for the preset's paradigm; `compiled` as
+    `pretrain.compile` compiles the model."""
     from musicssl.models.music2vec import Music2Vec
     from musicssl.models.musichubert import MusicHubert
+    from musicssl.pretrain.loop import compile_model
 
     mcfg = cfg.model_copy(update={"encoder": enc_cfg})
     gen = torch.Generator(device=dev).manual_seed(0)
     if cfg.paradigm == "music2vec":
         m2v = Music2Vec(mcfg).to(dev).train()
+        if compiled:
+            compile_model(m2v)
 
         def step() -> None:
             with autocast:
@@ -132,6 +160,8 @@ def _objective_step(cfg: ModelConfig, enc_cfg: Any, audio: torch.Tensor, dev: to
             m2v.zero_grad(set_to_none=True)
         return step
     hub = MusicHubert(mcfg).to(dev).train()
+    if compiled:
+        compile_model(hub)
     lab_len = int(audio.shape[1] / 16000 * cfg.hubert.label_rate)
     labels = torch.randint(0, cfg.hubert.num_clusters, (audio.shape[0], lab_len), device=dev)
 
@@ -141,6 +171,50 @@ def _objective_step(cfg: ModelConfig, enc_cfg: Any, audio: torch.Tensor, dev: to
         out.loss_sum.backward()
         hub.zero_grad(set_to_none=True)
     return hstep
+
+
+def bench_data(preset: str = "music2vec_base", workers: tuple[int, ...] = (0, 1, 2), batches: int = 12,
+               files: int = 16, seconds: float = 32.0, sample_rate: int = 16000,
+               threads: int | None = None) -> dict[str, Any]:
+    """The data path alone: decode + crop (+ resample when `sample_rate` is not 16 kHz) of the preset's run defaults
+    (its crops and per-GPU batch), as the training loop gets it, with each number of DataLoader workers: sustained
+    audio samples per second delivered. Against it, the samples per second one GPU's training step would consume
+    (`gpu_need`): the preset's training FLOPs per 320-sample frame at a given MFU of an H100's dense bf16 peak."""
+    import numpy as np
+
+    from musicssl.config import ExperimentConfig
+    from musicssl.data.audio import write_wav
+    from musicssl.data.corpus import synth_piece
+    from musicssl.data.dataset import DataPosition, batch_loader
+    from musicssl.data.manifest import read_manifest, write_manifest
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = ExperimentConfig.model_validate({"model": {"preset": preset}})
+    rng = np.random.default_rng(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        entries = []
+        for i in range(files):
+            wave = synth_piece(rng, seconds * sample_rate / 16000)  # rendered at 16 kHz; written as if at `sample_rate`
+            write_wav(Path(tmp) / f"{i}.wav", wave, sample_rate=sample_rate)
+            entries.append((f"{i}.wav", int(seconds * 16000)))
+        manifest = read_manifest(write_manifest(Path(tmp) / "train.tsv", tmp, entries))
+        for n in workers:
+            data = cfg.data.model_copy(update={"num_workers": n})
+            stream = batch_loader(manifest, data, 0, DataPosition(), device=torch.device("cpu"))
+            next(stream)  # workers started, first batch ready
+            t0, samples = time.perf_counter(), 0
+            for _ in range(batches):
+                samples += next(stream).audio.numel()
+            elapsed = time.perf_counter() - t0
+            del stream
+            rows.append({"workers": n, "samples_per_s": samples / elapsed, "batches_per_s": batches / elapsed})
+    per_sample = train_flops_per_frame(cfg.model) / 320.0
+    need = {f"{int(100 * mfu)}%": mfu * PEAK_BF16_TFLOPS["H100"] * 1e12 / per_sample for mfu in (0.3, 0.5, 1.0)}
+    return {"preset": preset, "crop": cfg.data.max_sample_size, "batch_samples": cfg.data.max_tokens,
+            "sample_rate": sample_rate, "normalize": cfg.data.normalize, "threads": torch.get_num_threads(),
+            "rows": rows, "gpu_need": need}
 
 
 def bench_extract(preset: str, clips: int = 8, clip_seconds: float = 30.0, window_seconds: float = 30.0,

@@ -223,15 +223,38 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     from musicssl.bench import bench_model
 
     for preset in args.preset:
-        r = bench_model(preset, args.batch, args.seconds, args.steps, args.warmup, args.device, args.threads)
+        r = bench_model(preset, args.batch, args.seconds, args.steps, args.warmup, args.device, args.threads,
+                        compile=args.compile)
         print(f"{preset} ({r['paradigm']}, {r['params_m']:.1f}M encoder params) on {r['device']}, "
               f"{r['threads']} threads, batch {r['batch']} x {r['seconds']:g} s = {r['frames_per_step']} frames/step")
         print(f"  forward+backward frames/s: musicssl {r['musicssl_frames_per_s']:.0f}   "
               f"transformers {r['transformers_frames_per_s']:.0f}   ratio {r['ratio']:.2f}")
-        print(f"  full {r['paradigm']} objective step: {r['objective_frames_per_s']:.0f} frames/s")
+        if args.compile:
+            print(f"  compiled musicssl: {r['compiled_frames_per_s']:.0f} frames/s, {r['compiled_ratio']:.2f}x "
+                  f"transformers (compile: {r['compile_s']:.1f} s on the first step)")
+        print(f"  full {r['paradigm']} objective step: {r['objective_frames_per_s']:.0f} frames/s"
+              + (f"; compiled {r['compiled_objective_frames_per_s']:.0f} frames/s (compile: "
+                 f"{r['objective_compile_s']:.1f} s)" if args.compile else ""))
         if "mfu" in r:
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown GPU peak)"
             print(f"  {r['gpu']}: {r['encoder_tflops']:.1f} TFLOP/s, MFU {mfu}")
+    return 0
+
+
+def _cmd_bench_data(args: argparse.Namespace) -> int:
+    from musicssl.bench import bench_data
+
+    for preset in args.preset:
+        r = bench_data(preset, tuple(args.workers), args.batches, args.files, args.seconds, args.sample_rate,
+                       args.threads)
+        print(f"data path of {preset}: crops of {r['crop']} samples, {r['batch_samples']} samples per batch, "
+              f"{r['sample_rate']} Hz WAV files{' (resampled to 16 kHz)' if r['sample_rate'] != 16000 else ''}, "
+              f"normalize={r['normalize']}, {r['threads']} torch threads")
+        for row in r["rows"]:
+            print(f"  {row['workers']} DataLoader workers: {row['samples_per_s'] / 1e6:6.2f} M samples/s "
+                  f"({row['batches_per_s']:.2f} batches/s)")
+        need = ", ".join(f"{v / 1e6:.2f} M at {k} MFU" for k, v in r["gpu_need"].items())
+        print(f"  one H100 training {preset} would consume (estimate from the FLOPs per frame): {need}")
     return 0
 
 
@@ -379,7 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--warmup", type=int, default=2)
     bm.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     bm.add_argument("--threads", type=int, help="torch CPU threads")
+    bm.add_argument("--compile", action="store_true",
+                    help="also time musicssl compiled as pretrain.compile does (and report the compile time)")
     bm.set_defaults(func=_cmd_bench_model)
+    bd = bsub.add_parser("data", help="the data path alone (decode + crop in DataLoader workers) against what a "
+                                      "GPU would consume")
+    bd.add_argument("--preset", nargs="+", default=["music2vec_base", "musichubert_base"])
+    bd.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts to time")
+    bd.add_argument("--batches", type=int, default=12, help="timed batches per worker count")
+    bd.add_argument("--files", type=int, default=16)
+    bd.add_argument("--seconds", type=float, default=32.0, help="length of each generated file")
+    bd.add_argument("--sample-rate", type=int, default=16000, help="rate of the files (not 16000: resampled)")
+    bd.add_argument("--threads", type=int)
+    bd.set_defaults(func=_cmd_bench_data)
     bk = bsub.add_parser("kmeans", help="k-means fit + assign vs fairseq's MiniBatchKMeans recipe (same data)")
     bk.add_argument("--n", type=int, default=500_000)
     bk.add_argument("--ks", type=int, nargs="+", default=[500, 2000])

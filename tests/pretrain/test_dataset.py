@@ -79,3 +79,61 @@ def test_crop_batch_to_the_shortest_item_at_uniform_offsets() -> None:
         assert np.mean(starts[row]) == pytest.approx((n - 21000) / 2, rel=0.15)
     capped = crop_batch(waves, 16000, np.random.default_rng(0))
     assert capped.shape == (3, 16000)
+
+
+def _stream(batches, n):  # type: ignore[no-untyped-def]
+    return [(b.position, b.audio.numpy().copy(), None if b.labels is None else b.labels.numpy().copy())
+            for b, _ in zip(batches, range(n), strict=False)]
+
+
+def test_dataloader_workers_give_the_very_same_stream(tiny_corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two DataLoader workers (each decoding every second batch) hand back exactly the batches, crops, labels and
+    positions of the in-process stream, across an epoch boundary, from a resume position too; an unreadable file is
+    dropped from its batch in both."""
+    import shutil
+
+    import torch
+
+    from musicssl.data.dataset import DataPosition, batch_loader, iterate_batches
+    from musicssl.data.manifest import read_manifest
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus / "pretrain", corpus)
+    lines = (corpus / "train.tsv").read_text().splitlines()
+    (corpus / "train.tsv").write_text("\n".join([str(corpus), *lines[1:]]) + "\n")  # the copy's own root
+    manifest = read_manifest(corpus / "train.tsv")
+    assert manifest.path(3).parent == corpus
+    manifest.path(3).write_bytes(b"not a wav")
+    cfg = DataConfig(max_sample_size=16000, min_sample_size=8000, max_tokens=32000, num_workers=2)
+    labels = [np.arange(int(n) * 100 // 16000) % 7 for n in manifest.sizes]
+    per_epoch = len(plan_batches(manifest.sizes, cfg, 0, 0))
+    for start in (DataPosition(), DataPosition(0, 2)):
+        n = per_epoch + 3  # into the next epoch
+        ours = _stream(iterate_batches(manifest, cfg, 0, start, labels=labels), n)
+        loaded = _stream(batch_loader(manifest, cfg, 0, start, device=torch.device("cpu"), labels=labels), n)
+        assert [b[0] for b in loaded] == [b[0] for b in ours]
+        assert any(p.epoch == 1 for p, _, _ in ours)
+        for (_, audio_a, lab_a), (_, audio_b, lab_b) in zip(ours, loaded, strict=True):
+            np.testing.assert_array_equal(audio_a, audio_b)
+            np.testing.assert_array_equal(lab_a, lab_b)
+
+
+def test_a_batch_pins_its_audio_for_a_gpu() -> None:
+    import torch
+
+    from musicssl.data.dataset import Batch, DataPosition
+
+    if not torch.cuda.is_available():
+        pytest.skip("page-locked memory needs a CUDA driver")
+    batch = Batch(DataPosition(0, 1), torch.zeros(2, 4), None).pin_memory()
+    assert batch.audio.is_pinned() and batch.position == DataPosition(0, 1)
+
+
+def test_workers_default_to_none_on_the_cpu_and_four_on_a_gpu() -> None:
+    import torch
+
+    from musicssl.data.dataset import loader_workers
+
+    cfg = DataConfig(max_sample_size=16000, min_sample_size=8000, max_tokens=32000)
+    assert loader_workers(cfg, torch.device("cpu")) == 0 and loader_workers(cfg, torch.device("cuda")) == 4
+    assert loader_workers(cfg.model_copy(update={"num_workers": 2}), torch.device("cpu")) == 2

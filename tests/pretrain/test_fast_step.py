@@ -15,7 +15,7 @@ from musicssl.config import DataConfig, ExperimentConfig
 from musicssl.data.dataset import Batch, DataPosition
 from musicssl.data.manifest import read_manifest
 from musicssl.pretrain.distributed import DistContext
-from musicssl.pretrain.loop import _Window, apply_update, build_model, compile_model, pretrain, train_update
+from musicssl.pretrain.loop import _Window, build_model, compile_model, pretrain, train_update, update
 from musicssl.pretrain.optim import build_optimizer
 
 FRAMES = 24  # 8000 samples through the (tiny) conv stack
@@ -85,9 +85,7 @@ def test_updates_between_log_steps_read_nothing_from_the_device(paradigm: str) -
     window, gen, device = _Window(torch.device("cpu"), 0), torch.Generator().manual_seed(1), torch.device("cpu")
     with HostReads() as reads:
         for step in range(3):
-            result = train_update(model, params, optimizer, [_batch(paradigm, step)], cfg, device, gen, DistContext())
-            apply_update(optimizer, result)
-            model.ema_step(step + 1, applied=result.finite)
+            result = update(model, params, optimizer, [_batch(paradigm, step)], cfg, step, device, gen, DistContext())
             window.add(result)
     assert reads.seen == {}, f"host reads inside the update: {dict(reads.seen)}"
     with HostReads() as reads:

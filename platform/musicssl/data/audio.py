@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
+
+# soundfile and soxr are imported where a file is read or written: the training step (and the GPU check, on a
+# machine without them) imports this module for its constants only
 
 SAMPLE_RATE = 16000
 """The rate every model in musicssl consumes (Hz)."""
@@ -53,6 +54,8 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, normalize: bool
         raise AudioError(path, "no such file" + (" (it is a directory)" if path.is_dir() else ""))
     if path.stat().st_size == 0:
         raise AudioError(path, "the file is empty (0 bytes); re-create or remove it")
+    import soundfile as sf
+
     try:
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
     except (sf.SoundFileError, RuntimeError) as exc:
@@ -64,6 +67,8 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, normalize: bool
     if not np.isfinite(wav).all():
         raise AudioError(path, f"{int((~np.isfinite(wav)).sum())} samples are NaN or inf")
     if file_rate != sample_rate:
+        import soxr
+
         wav = soxr.resample(wav, file_rate, sample_rate, quality="HQ")
         if wav.size == 0:
             raise AudioError(path, f"too short to resample from {file_rate} Hz to {sample_rate} Hz")
@@ -101,6 +106,8 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RAT
         )
     if not np.isfinite(audio).all():
         raise AudioError(path, "refusing to write NaN or inf samples")
+    import soundfile as sf
+
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path

@@ -156,13 +156,18 @@ class BatchStream(torch.utils.data.IterableDataset):
         return iterate_batches(*self.args, shard=shard)
 
 
+def loader_workers(cfg: DataConfig, device: torch.device) -> int:
+    """`data.num_workers`, or by default 4 for a GPU and 0 for the CPU (whose cores train)."""
+    return cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
+
+
 def batch_loader(manifest: Manifest, cfg: DataConfig, seed: int, start: DataPosition, *, device: torch.device,
                  rank: int = 0, world_size: int = 1, labels: list[np.ndarray] | None = None,
                  label_rate: float = 100.0) -> Iterator[Batch]:
     """The training stream: in this process (`data.num_workers` 0, the CPU default) or from DataLoader workers with
     `data.prefetch_batches` each prepared ahead and, for a GPU, pinned memory. Empty batches (every file unreadable)
     are dropped here."""
-    workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
+    workers = loader_workers(cfg, device)
     if workers == 0:
         return iterate_batches(manifest, cfg, seed, start, rank, world_size, labels, label_rate)
     stream = BatchStream(manifest, cfg, seed, start, rank, world_size, labels, label_rate)

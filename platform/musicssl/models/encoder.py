@@ -8,6 +8,7 @@ Module names follow fairseq (`feature_extractor.conv_layers.{i}.{0,2}`, `layer_n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -232,6 +233,13 @@ class SSLEncoder(nn.Module):
         if self.cfg.feature_grad_mult not in (0.0, 1.0) and self.training:
             x = GradMultiply.apply(x, self.cfg.feature_grad_mult)
         return x
+
+    def compile_parts(self, **options: Any) -> None:
+        """`torch.compile` the conv extractor and the transformer in place (their parameter names, and so checkpoints,
+        unchanged; `options` as torch.compile takes them). Each traces to one graph, so forward and backward compile
+        whole; the graphs are built on the first call (per crop length)."""
+        self.feature_extractor.compile(**options)
+        self.encoder.compile(**options)
 
     def trainable(self, name: str) -> bool:
         """Whether the parameter `name` (relative to this encoder) trains: all but a frozen extractor's."""

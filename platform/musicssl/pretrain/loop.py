@@ -138,13 +138,10 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
     # non-finite updates in a row, collapsed targets) and logged every `log_every` updates and at checkpoints.
     window, started = _Window(device, skipped), time.monotonic()
     while step < pcfg.max_steps:
-        set_lr(optimizer, lr_at(step, pcfg))
         micro = [next(batches) for _ in range(pcfg.update_freq)]
         position = micro[-1].position
-        result = train_update(model, params, optimizer, micro, cfg, device, mask_rng, dist)
-        apply_update(optimizer, result)
+        result = update(model, params, optimizer, micro, cfg, step, device, mask_rng, dist)
         step += 1
-        model.ema_step(step, applied=result.finite)
         window.add(result)
         if compile_s is not None and step == 1:
             compile_s += time.monotonic() - started  # the first step compiles the graphs
@@ -192,12 +189,23 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, manifest: Manifest, *, sink: 
     return final
 
 
+def update(model: Music2Vec | MusicHubert, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+           micro: list[Batch], cfg: ExperimentConfig, step: int, device: torch.device, mask_rng: torch.Generator,
+           dist: DistContext) -> UpdateResult:
+    """Update `step` (0-based): its learning rate, the forward/backward of `micro`, the optimiser step (skipped on
+    the device when not finite), the EMA teacher. Reads nothing from the device."""
+    set_lr(optimizer, lr_at(step, cfg.pretrain))
+    result = train_update(model, params, optimizer, micro, cfg, device, mask_rng, dist)
+    apply_update(optimizer, result)
+    model.ema_step(step + 1, applied=result.finite)
+    return result
+
+
 def compile_model(model: Music2Vec | MusicHubert) -> float:
     """`torch.compile` the student's conv extractor and transformer and the teacher, in place (parameter names, and
     so checkpoints, unchanged); returns the seconds spent here (the graphs themselves compile on the first step)."""
     t0 = time.monotonic()
-    model.student.feature_extractor.compile()
-    model.student.encoder.compile()
+    model.student.compile_parts()
     if isinstance(model, Music2Vec):
         model.teacher.compile()
     return time.monotonic() - t0
