@@ -210,7 +210,8 @@ class DataConfig(_Cfg):
     None = make k-means labels as `model.hubert` says (cached in the state folder)."""
     num_workers: int | None = Field(None, ge=0)
     """DataLoader worker processes that decode and crop the audio ahead of the training step (pinned memory on a
-    GPU); None = 4 when training on a GPU, 0 (in the training process) on the CPU, whose cores train; 0 = none."""
+    GPU); None = up to 4 when training on a GPU (the cores this process may use, less one), 0 (in the training
+    process) on the CPU, whose cores train; 0 = none."""
     prefetch_batches: int = Field(4, ge=1)
     """Batches each worker prepares ahead."""
 

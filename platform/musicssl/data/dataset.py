@@ -10,6 +10,7 @@ same batches.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -157,8 +158,13 @@ class BatchStream(torch.utils.data.IterableDataset):
 
 
 def loader_workers(cfg: DataConfig, device: torch.device) -> int:
-    """`data.num_workers`, or by default 4 for a GPU and 0 for the CPU (whose cores train)."""
-    return cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
+    """`data.num_workers`, or by default for a GPU 4 (at most the cores this process may use, less one for the
+    training process) and for the CPU 0 (its cores train)."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    if device.type != "cuda":
+        return 0
+    return max(1, min(4, len(os.sched_getaffinity(0)) - 1))
 
 
 def batch_loader(manifest: Manifest, cfg: DataConfig, seed: int, start: DataPosition, *, device: torch.device,

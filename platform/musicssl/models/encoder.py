@@ -237,7 +237,11 @@ class SSLEncoder(nn.Module):
     def compile_parts(self, **options: Any) -> None:
         """`torch.compile` the conv extractor and the transformer in place (their parameter names, and so checkpoints,
         unchanged; `options` as torch.compile takes them). Each traces to one graph, so forward and backward compile
-        whole; the graphs are built on the first call (per crop length)."""
+        whole; the graphs are built on the first call of each batch shape. Shapes are static (`dynamic=False`):
+        torch's automatic dynamic shapes, which it switches on at the second shape, fail in inductor on this encoder
+        (torch 2.13: `ValueRangeError: Invalid ranges [0:-1]`), and a training run sees few shapes (crops of
+        max_sample_size, batch size fixed by max_tokens)."""
+        options.setdefault("dynamic", False)
         self.feature_extractor.compile(**options)
         self.encoder.compile(**options)
 

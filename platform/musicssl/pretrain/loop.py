@@ -207,7 +207,7 @@ def compile_model(model: Music2Vec | MusicHubert) -> float:
     t0 = time.monotonic()
     model.student.compile_parts()
     if isinstance(model, Music2Vec):
-        model.teacher.compile()
+        model.teacher.compile(dynamic=False)  # static shapes, as compile_parts says why
     return time.monotonic() - t0
 
 
