@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from musicssl.bench import bench_extract, bench_model, train_flops_per_frame
-from musicssl.models.presets import music2vec_base
+from musicssl.models.presets import music2vec_base, tiny
 
 
 def test_bench_model_reports_both_sides() -> None:
@@ -13,6 +13,18 @@ def test_bench_model_reports_both_sides() -> None:
     assert r["frames_per_step"] == 49 and r["ratio"] > 0
     assert r["musicssl_frames_per_s"] > 0 and r["transformers_frames_per_s"] > 0
     assert r["ratio"] == pytest.approx(r["musicssl_frames_per_s"] / r["transformers_frames_per_s"])
+    # the CPU roofline: achieved GFLOP/s from the FLOP estimate, and the bound any implementation meets
+    assert r["precision"] == "fp32" and r["matmul_gflops"] > 0
+    flops = train_flops_per_frame(tiny()) * 49
+    assert r["gflops_per_s"]["ours"] == pytest.approx(flops * r["musicssl_frames_per_s"] / 49 / 1e9)
+    assert r["bound_ratio"] == pytest.approx(r["matmul_gflops"] / r["gflops_per_s"]["transformers"])
+
+
+def test_bench_model_runs_both_sides_in_bf16_when_asked_and_refuses_an_unknown_precision() -> None:
+    r = bench_model("tiny", batch=1, seconds=1.0, steps=1, warmup=0, device="cpu", threads=1, precision="bf16")
+    assert r["precision"] == "bf16" and r["musicssl_frames_per_s"] > 0 and r["bound_ratio"] > 0
+    with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16, not 'fp16'"):
+        bench_model("tiny", batch=1, seconds=1.0, steps=1, warmup=0, device="cpu", precision="fp16")
 
 
 def test_bench_model_compiled_reports_the_compiled_step_and_its_compile_time() -> None:

@@ -58,10 +58,17 @@ def train_flops_per_frame(cfg: ModelConfig) -> float:
 
 
 def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int, device: str = "auto",
-                threads: int | None = None, compile: bool = False) -> dict[str, Any]:
+                threads: int | None = None, compile: bool = False, precision: str = "auto") -> dict[str, Any]:
     """Measure frames/s of a forward+backward step for musicssl and transformers on the same input; with `compile`,
     also musicssl's encoder compiled as `pretrain.compile` compiles it (`compiled_*`, and the seconds its first
-    step took to compile, `compile_s`)."""
+    step took to compile, `compile_s`).
+
+    `precision`: both sides under bf16 autocast (`bf16`, the default on a GPU) or in fp32 (the default on a CPU).
+    The roofline figures put the step against the device's peak: a GPU's published bf16 peak (`mfu`), or on a CPU a
+    the faster of the FFN's two matrix products timed in the same run (`matmul_gflops`): `bound_ratio` is the most any
+    implementation could gain over transformers if every FLOP of the step ran at that rate."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
     import transformers
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -78,7 +85,8 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
         theirs = getattr(transformers, arch).from_pretrained(tmp, attn_implementation="sdpa").to(dev).train()
     audio = torch.randn(batch, int(seconds * 16000), device=dev)
     frames = batch * num_frames(audio.shape[1], enc_cfg)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
     def step_ours() -> None:
         with autocast:
@@ -120,6 +128,7 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
     med = {k: statistics.median(v) for k, v in times.items()}
     result: dict[str, Any] = {
         "preset": preset, "paradigm": cfg.paradigm, "device": str(dev), "threads": torch.get_num_threads(),
+        "precision": "bf16" if bf16 else "fp32",
         "params_m": sum(p.numel() for p in ours.parameters()) / 1e6, "batch": batch, "seconds": seconds,
         "frames_per_step": frames,
         "musicssl_frames_per_s": frames / med["ours"], "transformers_frames_per_s": frames / med["transformers"],
@@ -130,12 +139,32 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
                    "compiled_ratio": med["transformers"] / med["compiled"],
                    "compiled_objective_frames_per_s": frames / med["compiled_objective"],
                    "compile_s": compile_s["compiled"], "objective_compile_s": compile_s["compiled_objective"]}
+    step_flops = train_flops_per_frame(cfg) * frames
+    result["gflops_per_s"] = {k: step_flops / t / 1e9 for k, t in med.items() if k in ("ours", "transformers", "compiled")}
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        achieved = train_flops_per_frame(cfg) * frames / med["ours"] / 1e12
+        achieved = step_flops / med["ours"] / 1e12
         result |= {"gpu": name, "encoder_tflops": achieved, "mfu": achieved / peak if peak else None}
+    else:
+        d, f = enc_cfg.embed_dim, enc_cfg.ffn_dim
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        peak_gflops = max(matmul_gflops(frames, d, f, dtype), matmul_gflops(frames, f, d, dtype))  # fc1, fc2
+        result |= {"matmul_gflops": peak_gflops, "bound_ratio": med["transformers"] / (step_flops / peak_gflops / 1e9)}
     return result
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """GFLOP/s of an (m, k) x (k, n) CPU matrix product (the FFN's shape), the best of repeated timings."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    for _ in range(3):
+        a @ b
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * m * k * n / best / 1e9
 
 
 def _objective_step(cfg: ModelConfig, enc_cfg: Any, audio: torch.Tensor, dev: torch.device,

@@ -224,8 +224,8 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
 
     for preset in args.preset:
         r = bench_model(preset, args.batch, args.seconds, args.steps, args.warmup, args.device, args.threads,
-                        compile=args.compile)
-        print(f"{preset} ({r['paradigm']}, {r['params_m']:.1f}M encoder params) on {r['device']}, "
+                        compile=args.compile, precision=args.precision)
+        print(f"{preset} ({r['paradigm']}, {r['params_m']:.1f}M encoder params) on {r['device']} in {r['precision']}, "
               f"{r['threads']} threads, batch {r['batch']} x {r['seconds']:g} s = {r['frames_per_step']} frames/step")
         print(f"  forward+backward frames/s: musicssl {r['musicssl_frames_per_s']:.0f}   "
               f"transformers {r['transformers_frames_per_s']:.0f}   ratio {r['ratio']:.2f}")
@@ -238,6 +238,10 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
         if "mfu" in r:
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown GPU peak)"
             print(f"  {r['gpu']}: {r['encoder_tflops']:.1f} TFLOP/s, MFU {mfu}")
+        if "bound_ratio" in r:
+            achieved = "   ".join(f"{k} {v:.0f}" for k, v in r["gflops_per_s"].items())
+            print(f"  roofline: GFLOP/s {achieved}, against a matrix product's {r['matmul_gflops']:.0f}: at most "
+                  f"{r['bound_ratio']:.2f}x transformers for any implementation at this precision")
     return 0
 
 
@@ -404,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--threads", type=int, help="torch CPU threads")
     bm.add_argument("--compile", action="store_true",
                     help="also time musicssl compiled as pretrain.compile does (and report the compile time)")
+    bm.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="both sides in fp32 or under bf16 autocast (auto: bf16 on a GPU, fp32 on a CPU)")
     bm.set_defaults(func=_cmd_bench_model)
     bd = bsub.add_parser("data", help="the data path alone (decode + crop in DataLoader workers) against what a "
                                       "GPU would consume")
