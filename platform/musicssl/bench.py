@@ -64,12 +64,14 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
     step took to compile, `compile_s`).
 
     `precision`: both sides under bf16 autocast (`bf16`, the default on a GPU) or in fp32 (the default on a CPU).
-    The roofline figures put the step against the device's peak: a GPU's published bf16 peak (`mfu`), or on a CPU a
+    The roofline figures put the step against the device's peak: a GPU's published bf16 peak (`mfu`), or on a CPU
     the faster of the FFN's two matrix products timed in the same run (`matmul_gflops`): `bound_ratio` is the most any
     implementation could gain over transformers if every FLOP of the step ran at that rate."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
     import transformers
+
+    from musicssl.pretrain.loop import autocast_bf16
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
@@ -85,7 +87,7 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
         theirs = getattr(transformers, arch).from_pretrained(tmp, attn_implementation="sdpa").to(dev).train()
     audio = torch.randn(batch, int(seconds * 16000), device=dev)
     frames = batch * num_frames(audio.shape[1], enc_cfg)
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    bf16 = autocast_bf16(precision, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
     def step_ours() -> None:

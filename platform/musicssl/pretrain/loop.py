@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from musicssl.config import ExperimentConfig, ModelConfig, MusicHubertConfig, PretrainConfig
+from musicssl.config import ExperimentConfig, ModelConfig, MusicHubertConfig
 from musicssl.data.dataset import Batch, DataPosition, batch_loader
 from musicssl.data.manifest import Manifest
 from musicssl.models.encoder import num_frames
@@ -232,7 +232,7 @@ def train_update(model: nn.Module, params: list[nn.Parameter], optimizer: torch.
     The optimiser step is left to the caller (`apply_update`, which skips it when the result is not finite).
     """
     optimizer.zero_grad(set_to_none=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.pretrain, device))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.pretrain.precision, device))
     loss_sum: Tensor | float = 0.0
     sample_size: Tensor | float = 0.0
     frames, logs = 0, {}
@@ -279,9 +279,10 @@ def apply_update(optimizer: torch.optim.Optimizer, result: UpdateResult) -> None
     optimizer.step()
 
 
-def autocast_bf16(cfg: PretrainConfig, device: torch.device) -> bool:
-    """Whether the forward runs in bf16 autocast: `pretrain.precision` bf16, or auto on a GPU."""
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+def autocast_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the forward runs in bf16 autocast for a precision setting (`pretrain.precision`, `bench model
+    --precision`): bf16, or auto on a GPU."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 @dataclass
