@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from musicssl.bench import bench_extract, bench_model, train_flops_per_frame
+from musicssl.bench import bench_extract, bench_model, paired_ratio, train_flops_per_frame
 from musicssl.models.presets import music2vec_base, tiny
 
 
@@ -12,6 +14,8 @@ def test_bench_model_reports_both_sides() -> None:
     r = bench_model("tiny", batch=1, seconds=1.0, steps=1, warmup=1, device="cpu", threads=1)
     assert r["frames_per_step"] == 49 and r["ratio"] > 0
     assert r["musicssl_frames_per_s"] > 0 and r["transformers_frames_per_s"] > 0
+    # one round: the paired ratio is the ratio of the two steps, with no spread
+    assert r["rounds"] == 1 and r["ratio_range"] == (r["ratio"], r["ratio"])
     assert r["ratio"] == pytest.approx(r["musicssl_frames_per_s"] / r["transformers_frames_per_s"])
     # the CPU roofline: achieved GFLOP/s from the FLOP estimate, and the bound any implementation meets
     assert r["precision"] == "fp32" and r["matmul_gflops"] > 0
@@ -25,6 +29,8 @@ def test_bench_model_runs_both_sides_in_bf16_when_asked_and_refuses_an_unknown_p
     assert r["precision"] == "bf16" and r["musicssl_frames_per_s"] > 0 and r["bound_ratio"] > 0
     with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16, not 'fp16'"):
         bench_model("tiny", batch=1, seconds=1.0, steps=1, warmup=0, device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="steps .timed rounds. must be at least 1, not 0"):
+        bench_model("tiny", batch=1, seconds=1.0, steps=0, warmup=0, device="cpu")
 
 
 def test_bench_model_compiled_reports_the_compiled_step_and_its_compile_time() -> None:
@@ -32,6 +38,18 @@ def test_bench_model_compiled_reports_the_compiled_step_and_its_compile_time() -
     assert r["compiled_frames_per_s"] > 0 and r["compiled_objective_frames_per_s"] > 0
     assert r["compile_s"] > 0 and r["objective_compile_s"] > 0
     assert r["compiled_ratio"] == pytest.approx(r["compiled_frames_per_s"] / r["transformers_frames_per_s"])
+    assert r["compiled_ratio_range"] == (r["compiled_ratio"], r["compiled_ratio"])
+
+
+def test_paired_ratio_takes_the_median_of_per_round_speed_ups_and_their_range() -> None:
+    # the machine's speed drifts between rounds: paired by round the candidate is 2x in two rounds of three,
+    # where the ratio of the medians (2.0 / 1.5) would mix rounds and read 1.33
+    assert paired_ratio([1.0, 3.0, 2.0], [0.5, 1.5, 2.0]) == (2.0, (1.0, 2.0))
+    assert paired_ratio([2.0, 4.0, 3.0], [1.0, 2.0, 1.5]) == (2.0, (2.0, 2.0))
+    median, (lo, hi) = paired_ratio([1.0, 1.0, 1.0, 1.0], [0.5, 1.0, 0.8, 2.0])
+    assert median == pytest.approx((1.25 + 1.0) / 2) and (lo, hi) == (0.5, 2.0)
+    with pytest.raises(ValueError):  # unpaired lists are a caller's bug
+        paired_ratio([1.0, 2.0], [1.0])
 
 
 def test_bench_extract_counts_windows() -> None:
@@ -55,3 +73,15 @@ def test_bench_data_times_each_worker_count_against_a_gpu_estimate() -> None:
         assert row["samples_per_s"] == pytest.approx(row["batches_per_s"] * 4 * 40000)
     need = r["gpu_need"]
     assert need["100%"] == pytest.approx(need["50%"] * 2) and need["30%"] > 0
+
+
+def test_bench_model_command_prints_paired_ratios_with_their_range(capsys: pytest.CaptureFixture[str]) -> None:
+    from musicssl.cli import main
+
+    assert main(["bench", "model", "--preset", "tiny", "--batch", "1", "--seconds", "1", "--steps", "2",
+                 "--warmup", "0", "--device", "cpu", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    ratio = re.search(r"ratio (\d+\.\d\d) \[(\d+\.\d\d)-(\d+\.\d\d)\] \(per-round range over 2 rounds\)", out)
+    assert ratio, out
+    r, lo, hi = (float(g) for g in ratio.groups())
+    assert 0 < lo <= r <= hi

@@ -61,7 +61,8 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
                 threads: int | None = None, compile: bool = False, precision: str = "auto") -> dict[str, Any]:
     """Measure frames/s of a forward+backward step for musicssl and transformers on the same input; with `compile`,
     also musicssl's encoder compiled as `pretrain.compile` compiles it (`compiled_*`, and the seconds its first
-    step took to compile, `compile_s`).
+    step took to compile, `compile_s`). `ratio` and `compiled_ratio` are speed-ups over transformers paired by
+    round (`paired_ratio`) over `steps` interleaved rounds, with their range (`ratio_range`, `compiled_ratio_range`).
 
     `precision`: both sides under bf16 autocast (`bf16`, the default on a GPU) or in fp32 (the default on a CPU).
     The roofline figures put the step against the device's peak: a GPU's published bf16 peak (`mfu`), or on a CPU
@@ -69,6 +70,8 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
     implementation could gain over transformers if every FLOP of the step ran at that rate."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    if steps < 1:
+        raise ValueError(f"steps (timed rounds) must be at least 1, not {steps}")
     import transformers
 
     from musicssl.pretrain.loop import autocast_bf16
@@ -124,7 +127,7 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
     for fn in steps_by_name.values():
         _timed(fn, dev, warmup)
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
-    for _ in range(steps):  # interleave so all see the same machine state
+    for _ in range(steps):  # interleaved rounds: within a round all see the same machine state
         for name, fn in steps_by_name.items():
             times[name] += _timed(fn, dev, 1)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -134,11 +137,12 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
         "params_m": sum(p.numel() for p in ours.parameters()) / 1e6, "batch": batch, "seconds": seconds,
         "frames_per_step": frames,
         "musicssl_frames_per_s": frames / med["ours"], "transformers_frames_per_s": frames / med["transformers"],
-        "ratio": med["transformers"] / med["ours"], "objective_frames_per_s": frames / med["objective"],
+        "objective_frames_per_s": frames / med["objective"], "rounds": steps,
     }
+    result["ratio"], result["ratio_range"] = paired_ratio(times["transformers"], times["ours"])
     if compile:
+        result["compiled_ratio"], result["compiled_ratio_range"] = paired_ratio(times["transformers"], times["compiled"])
         result |= {"compiled_frames_per_s": frames / med["compiled"],
-                   "compiled_ratio": med["transformers"] / med["compiled"],
                    "compiled_objective_frames_per_s": frames / med["compiled_objective"],
                    "compile_s": compile_s["compiled"], "objective_compile_s": compile_s["compiled_objective"]}
     step_flops = train_flops_per_frame(cfg) * frames
@@ -154,6 +158,14 @@ def bench_model(preset: str, batch: int, seconds: float, steps: int, warmup: int
         peak_gflops = max(matmul_gflops(frames, d, f, dtype), matmul_gflops(frames, f, d, dtype))  # fc1, fc2
         result |= {"matmul_gflops": peak_gflops, "bound_ratio": med["transformers"] / (step_flops / peak_gflops / 1e9)}
     return result
+
+
+def paired_ratio(reference: list[float], candidate: list[float]) -> tuple[float, tuple[float, float]]:
+    """Speed-up of `candidate` over `reference` from step times taken in the same interleaved rounds: the median
+    of the per-round ratios, and their range (the spread to read any difference against). Pairing by round
+    cancels the machine's drift between rounds, which a ratio of the two medians would keep."""
+    ratios = [r / c for r, c in zip(reference, candidate, strict=True)]
+    return statistics.median(ratios), (min(ratios), max(ratios))
 
 
 def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:

@@ -219,6 +219,11 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio_text(ratio: float, bounds: tuple[float, float]) -> str:
+    """`1.07 [1.03-1.10]`: a paired speed-up and its per-round range."""
+    return f"{ratio:.2f} [{bounds[0]:.2f}-{bounds[1]:.2f}]"
+
+
 def _cmd_bench_model(args: argparse.Namespace) -> int:
     from musicssl.bench import bench_model
 
@@ -227,11 +232,14 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
                         compile=args.compile, precision=args.precision)
         print(f"{preset} ({r['paradigm']}, {r['params_m']:.1f}M encoder params) on {r['device']} in {r['precision']}, "
               f"{r['threads']} threads, batch {r['batch']} x {r['seconds']:g} s = {r['frames_per_step']} frames/step")
+        spread = f"per-round range over {r['rounds']} rounds"
         print(f"  forward+backward frames/s: musicssl {r['musicssl_frames_per_s']:.0f}   "
-              f"transformers {r['transformers_frames_per_s']:.0f}   ratio {r['ratio']:.2f}")
+              f"transformers {r['transformers_frames_per_s']:.0f}   ratio {_ratio_text(r['ratio'], r['ratio_range'])}"
+              f" ({spread})")
         if args.compile:
-            print(f"  compiled musicssl: {r['compiled_frames_per_s']:.0f} frames/s, {r['compiled_ratio']:.2f}x "
-                  f"transformers (compile: {r['compile_s']:.1f} s on the first step)")
+            print(f"  compiled musicssl: {r['compiled_frames_per_s']:.0f} frames/s, "
+                  f"{_ratio_text(r['compiled_ratio'], r['compiled_ratio_range'])} x transformers "
+                  f"(compile: {r['compile_s']:.1f} s on the first step)")
         print(f"  full {r['paradigm']} objective step: {r['objective_frames_per_s']:.0f} frames/s"
               + (f"; compiled {r['compiled_objective_frames_per_s']:.0f} frames/s (compile: "
                  f"{r['objective_compile_s']:.1f} s)" if args.compile else ""))
@@ -402,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--preset", nargs="+", default=["tiny", "music2vec_base"], help="model presets")
     bm.add_argument("--batch", type=int, default=2)
     bm.add_argument("--seconds", type=float, default=5.0, help="audio seconds per item")
-    bm.add_argument("--steps", type=int, default=5, help="timed steps per model (median reported)")
+    bm.add_argument("--steps", type=int, default=5,
+                    help="timed interleaved rounds, one step of each model per round (medians reported)")
     bm.add_argument("--warmup", type=int, default=2)
     bm.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     bm.add_argument("--threads", type=int, help="torch CPU threads")
