@@ -4,8 +4,9 @@ from pathlib import Path
 
 import torch
 
+from musicssl.checkpoints import best_checkpoint, latest_checkpoint
 from musicssl.config import ExperimentConfig
-from musicssl.pretrain.checkpoint import TrainState, best_checkpoint, latest_checkpoint, save_checkpoint
+from musicssl.pretrain.checkpoint import TrainState, save_checkpoint
 from musicssl.pretrain.loop import build_model
 from musicssl.pretrain.optim import build_optimizer
 

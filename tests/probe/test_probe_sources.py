@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from musicssl.checkpoints import load_encoder_checkpoint
 from musicssl.config import ExperimentConfig, ProbeConfig
 from musicssl.data.manifest import read_manifest
 from musicssl.models.convert import export_hf
-from musicssl.pretrain.checkpoint import load_encoder_checkpoint
 from musicssl.pretrain.loop import pretrain
 from musicssl.probe.run import probe_checkpoint
 

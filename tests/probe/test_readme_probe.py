@@ -13,8 +13,8 @@ import optuna
 import pytest
 from test_datasets import make_gtzan
 
+from musicssl.checkpoints import load_encoder_checkpoint
 from musicssl.models.convert import export_hf
-from musicssl.pretrain.checkpoint import load_encoder_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SECTION = "Probing a checkpoint"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from musicssl.checkpoints import load_encoder_checkpoint
 from musicssl.cli import main
 from musicssl.models.convert import export_hf
-from musicssl.pretrain.checkpoint import load_encoder_checkpoint
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -38,8 +38,8 @@ def imported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     tests/probe/test_probe_sources.py makes them)."""
     import torch
 
+    from musicssl.checkpoints import load_encoder_checkpoint
     from musicssl.models.convert import export_hf
-    from musicssl.pretrain.checkpoint import load_encoder_checkpoint
 
     out = tmp_path_factory.mktemp("imported")
     cfg, state, _ = load_encoder_checkpoint(checkpoint)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from musicssl.checkpoints import ENCODER_FILE, file_sha256, load_encoder_checkpoint
 from musicssl.config import EncoderConfig, ModelConfig, Music2VecConfig, MusicHubertConfig
 
 HF_MODEL_TYPES = {"music2vec": ("data2vec-audio", "Data2VecAudioModel"), "musichubert": ("hubert", "HubertModel")}
@@ -305,8 +306,6 @@ def load_any_encoder(path: Path) -> tuple[EncoderConfig, dict[str, torch.Tensor]
     - a Hugging Face model folder (`config.json` with `model_type`): normalised, as MARBLE's processor does;
     - a fairseq `.pt` file: the task's `normalize` (data2vec: true, HuBERT: false).
     """
-    from musicssl.pretrain.checkpoint import ENCODER_FILE, file_sha256, load_encoder_checkpoint
-
     path = Path(path)
     if path.is_dir() and (path / ENCODER_FILE).exists():
         exp, state, digest = load_encoder_checkpoint(path)

@@ -1,16 +1,16 @@
-"""Checkpoints without pickle: safetensors for tensors, JSON for everything else, written atomically.
+"""Writing a run's checkpoints, and restoring a run from one (what only training does).
 
 A checkpoint is a folder `step_000123/` holding
 - `encoder.safetensors` + `config.json`: the student encoder and the experiment config (what probes load),
 - `model.safetensors`: the whole model (student, head, teacher),
 - `optimizer.safetensors` + `state.json`: optimiser tensors, param groups, step, data position, RNG states.
 It is built in a temporary sibling folder and renamed into place, then `latest` is rewritten atomically, so
-a write killed midway leaves the previous checkpoint loadable.
+a write killed midway leaves the previous checkpoint loadable. Finding, pinning and reading checkpoints, which
+probes, sweeps and model export share, is `musicssl.checkpoints`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,9 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from musicssl.checkpoints import CONFIG_FILE, ENCODER_FILE, atomic_write_text, file_sha256, pins
 from musicssl.config import ExperimentConfig
-
-ENCODER_FILE, CONFIG_FILE = "encoder.safetensors", "config.json"
 
 
 @dataclass
@@ -40,22 +39,6 @@ class TrainState:
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `path` through a temporary sibling and a rename: readers see the old or the new text, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (the content key of a checkpoint's encoder)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
@@ -117,54 +100,6 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> list[str]:
     return deleted
 
 
-PIN_DIR = "pins"
-
-
-def pin_checkpoint(checkpoint: Path, holder: str, payload: dict[str, Any]) -> Path:
-    """Keep `checkpoint` on disk until `holder` (e.g. a pending probe job) unpins it; `payload` is kept with the pin
-    (a probe job's spec, so an interrupted sweep can submit it again)."""
-    folder = checkpoint.parent / PIN_DIR
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{checkpoint.name}--{holder}.json"
-    atomic_write_text(path, json.dumps(payload))
-    return path
-
-
-def unpin_checkpoint(checkpoint: Path, holder: str) -> None:
-    """Release `holder`'s pin (missing pins are fine: a retried job may unpin twice)."""
-    (checkpoint.parent / PIN_DIR / f"{checkpoint.name}--{holder}.json").unlink(missing_ok=True)
-
-
-def pins(root: Path) -> dict[str, list[dict[str, Any]]]:
-    """Pinned checkpoints of a `checkpoints/` folder: checkpoint name -> the payloads of its pins."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted((root / PIN_DIR).glob("*--*.json")):
-        name = path.name.split("--", 1)[0]
-        try:
-            out.setdefault(name, []).append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):  # a pin is kept even if its payload is unreadable
-            out.setdefault(name, [])
-    return out
-
-
-def best_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint with the lowest score so far (see `save_checkpoint`), or None."""
-    record = run_dir / "checkpoints" / "best.json"
-    if not record.exists():
-        return None
-    path = record.parent / json.loads(record.read_text())["name"]
-    return path if (path / "state.json").exists() else None
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if (path / "state.json").exists() else None
-
-
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
                     ) -> tuple[TrainState, dict[str, torch.Tensor]]:
     """Restore model and optimiser in place from `path`; return the train state and the saved RNG states."""
@@ -190,14 +125,3 @@ def load_checkpoint_rng(path: Path) -> dict[str, torch.Tensor]:
     ranks of a multi-worker run."""
     flat = load_file(str(path / "optimizer.safetensors"))
     return {key.removeprefix("rng."): value for key, value in flat.items() if key.startswith("rng.")}
-
-
-def load_encoder_checkpoint(path: Path) -> tuple[ExperimentConfig, dict[str, torch.Tensor], str]:
-    """Config, encoder weights and content hash of a checkpoint folder (for probing)."""
-    for name in (ENCODER_FILE, CONFIG_FILE):
-        if not (path / name).exists():
-            raise FileNotFoundError(f"{path}: not a musicssl checkpoint (missing {name})")
-    cfg = ExperimentConfig.model_validate_json((path / CONFIG_FILE).read_text())
-    meta_path = path / "state.json"
-    digest = json.loads(meta_path.read_text())["encoder_sha256"] if meta_path.exists() else file_sha256(path / ENCODER_FILE)
-    return cfg, load_file(str(path / ENCODER_FILE)), digest

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from musicssl.checkpoints import latest_checkpoint
 from musicssl.config import ExperimentConfig, ModelConfig, MusicHubertConfig
 from musicssl.data.dataset import Batch, DataPosition, batch_loader
 from musicssl.data.manifest import Manifest
@@ -30,7 +31,6 @@ from musicssl.models.music2vec import Music2Vec
 from musicssl.models.musichubert import MusicHubert
 from musicssl.pretrain.checkpoint import (
     TrainState,
-    latest_checkpoint,
     load_checkpoint,
     remove_partial_checkpoints,
     save_checkpoint,

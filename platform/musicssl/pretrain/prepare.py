@@ -100,7 +100,7 @@ def layer_featurizer(checkpoint: Path, layer: int, device: torch.device | None =
 
 def labels_key(manifest: Path, cfg: MusicHubertConfig) -> str:
     """Cache key of a label set: the manifest's content and every setting that changes the labels."""
-    from musicssl.pretrain.checkpoint import file_sha256
+    from musicssl.checkpoints import file_sha256
 
     parts = {"manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(), "source": cfg.label_source,
              "k": cfg.num_clusters, "fraction": cfg.kmeans_fraction, "version": 1}

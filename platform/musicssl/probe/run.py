@@ -122,7 +122,7 @@ def load_encoder(checkpoint: Path) -> tuple[SSLEncoder, str, bool]:
 def checkpoint_probe_settings(checkpoint: Path) -> dict[str, Any]:
     """The probe section a musicssl checkpoint's run was configured with (its `config.json`), the starting point of
     `musicssl probe` and `musicssl probe tune` on it; {} for a Hugging Face folder or a fairseq file."""
-    from musicssl.pretrain.checkpoint import CONFIG_FILE, ENCODER_FILE
+    from musicssl.checkpoints import CONFIG_FILE, ENCODER_FILE
 
     path = Path(checkpoint)
     if not (path.is_dir() and (path / ENCODER_FILE).exists() and (path / CONFIG_FILE).exists()):

@@ -46,7 +46,7 @@ def submit_probes(ctx: dict[str, Any], trial: dict[str, Any], run_id: str, check
                   run_dir: Path) -> None:
     """One job per probe task of the trial for `checkpoint`: pin it for each job and hand the jobs to the queue
     (returns at once; a job whose result exists is skipped, a job id the queue has seen is ignored)."""
-    from musicssl.pretrain.checkpoint import pin_checkpoint
+    from musicssl.checkpoints import pin_checkpoint
 
     queue = ray.get_actor(ctx["probe_queue"])
     for task in trial["experiment"]["probe"]["tasks"]:
@@ -68,7 +68,7 @@ def resubmit_on_resume(ctx: dict[str, Any], trial: dict[str, Any], run_id: str, 
     Returns:
         How many jobs were handed over.
     """
-    from musicssl.pretrain.checkpoint import latest_checkpoint
+    from musicssl.checkpoints import latest_checkpoint
 
     latest = latest_checkpoint(run_dir)
     if latest is None:
@@ -102,7 +102,7 @@ def pending_jobs(trials_dir: Path, include_failed: bool = False, trial: str = "*
     """Job specs of every pin left on disk by an interrupted sweep (jobs that never finished), of every trial or of
     the one keyed ``trial``; jobs that failed for good only with ``include_failed`` (their failure records are then
     removed: they run again)."""
-    from musicssl.pretrain.checkpoint import pins
+    from musicssl.checkpoints import pins
 
     jobs = []
     for root in sorted(trials_dir.glob(f"{trial}/checkpoints")):
@@ -203,8 +203,8 @@ def run_probe_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
     from mlflow.tracking import MlflowClient
 
+    from musicssl.checkpoints import unpin_checkpoint
     from musicssl.config import ProbeConfig
-    from musicssl.pretrain.checkpoint import unpin_checkpoint
     from musicssl.probe.run import load_encoder, probe_task
     from musicssl.tracking.mlflow import MlflowSink, log_tags
 
@@ -290,7 +290,7 @@ def _maybe_average(job: dict[str, Any], trial_sink: Any) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from musicssl.pretrain.checkpoint import atomic_write_text
+    from musicssl.checkpoints import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data))

@@ -18,9 +18,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray import get_runtime_context, tune
 
+from musicssl.checkpoints import latest_checkpoint
 from musicssl.config import ExperimentConfig, flatten
 from musicssl.data.manifest import read_manifest
-from musicssl.pretrain.checkpoint import latest_checkpoint
 from musicssl.pretrain.loop import pretrain
 from musicssl.sweep.faults import maybe_fail
 from musicssl.sweep.probes import latest_result, resubmit_on_resume, submit_probes
