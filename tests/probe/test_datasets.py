@@ -22,6 +22,7 @@ from musicssl.models.presets import tiny
 from musicssl.probe import run
 from musicssl.probe.datasets import emomusic, giantsteps, gtzan, mtg_jamendo, mtt, nsynth, vocalset
 from musicssl.probe.datasets._common import DatasetLayoutError
+from musicssl.probe.protocol import task_lr, task_max_epochs
 from musicssl.probe.tasks import KEYS, TASKS, Example, compute_metrics, get_task
 
 SR = 16000
@@ -98,12 +99,12 @@ def test_emo_reports_arousal_and_valence_r2_apart() -> None:
 
 def test_task_lr_and_epoch_cap() -> None:
     gtzan_task, nsynth_task, mtt_task = get_task("gtzan_genre"), get_task("nsynth_pitch"), get_task("mtt")
-    assert run.task_lr(gtzan_task, ProbeConfig()) == 5e-3  # the published GTZAN lr replaces the default
-    assert run.task_lr(gtzan_task, ProbeConfig(lr=2e-4)) == 2e-4  # a swept / tuned lr wins
-    assert run.task_lr(mtt_task, ProbeConfig()) == 1e-3
-    assert run.task_max_epochs(nsynth_task, ProbeConfig()) == 50
-    assert run.task_max_epochs(nsynth_task, ProbeConfig(max_epochs=7)) == 7
-    assert run.task_max_epochs(mtt_task, ProbeConfig()) == 100
+    assert task_lr(gtzan_task, ProbeConfig()) == 5e-3  # the published GTZAN lr replaces the default
+    assert task_lr(gtzan_task, ProbeConfig(lr=2e-4)) == 2e-4  # a swept / tuned lr wins
+    assert task_lr(mtt_task, ProbeConfig()) == 1e-3
+    assert task_max_epochs(nsynth_task, ProbeConfig()) == 50
+    assert task_max_epochs(nsynth_task, ProbeConfig(max_epochs=7)) == 7
+    assert task_max_epochs(mtt_task, ProbeConfig()) == 100
 
 
 # ---------------------------------------------------------------- MagnaTagATune
@@ -586,7 +587,7 @@ def test_real_layout_tasks_plug_into_the_probe(tmp_path: Path, monkeypatch: pyte
 
 def test_task_settings_apply_marble_values_only_over_defaults() -> None:
     from musicssl.config import ProbeConfig
-    from musicssl.probe.run import task_settings
+    from musicssl.probe.protocol import task_settings
     from musicssl.probe.tasks import get_task
 
     gtzan = task_settings(get_task("gtzan_genre"), ProbeConfig())

@@ -154,12 +154,6 @@ def _labelled_examples(task_dir: Path, task: TaskSpec) -> list[Example]:
     return examples
 
 
-def _gtzan_rhythm_loader(root: Path, task: TaskSpec) -> list[Example]:
-    from musicssl.probe.beat import load_gtzan_rhythm  # beat.py imports this module
-
-    return load_gtzan_rhythm(root, task)
-
-
 KEYS = tuple(f"{t} {m}" for m in ("major", "minor") for t in M.PITCH_CLASSES)
 
 TASKS: dict[str, TaskSpec] = {}
@@ -206,8 +200,6 @@ register(TaskSpec("music21_composer", "multiclass", REALMUSIC_COMPOSERS, ("acc",
                   synthetic=True))
 BEAT_METRICS = ("beat_f", "beat_precision", "beat_recall", "beat_f_track_mean")
 register(TaskSpec("synth_beat", "beat", ("beat",), BEAT_METRICS, _first("beat_f"), _synthetic_loader, synthetic=True))
-register(TaskSpec("gtzan_beat", "beat", ("beat",), BEAT_METRICS, _first("beat_f"), _gtzan_rhythm_loader,
-                  extra={"train_crop_seconds": 10.0}, lr_patience=6, early_stop_patience=20))
 
 
 # Real datasets (MARBLE v1 / the paper's clip-level tasks); adapters in probe/datasets/, imported on first use.
@@ -222,6 +214,8 @@ def _adapter(module: str, function: str = "load") -> Callable[[Path, TaskSpec], 
     return load
 
 
+register(TaskSpec("gtzan_beat", "beat", ("beat",), BEAT_METRICS, _first("beat_f"), _adapter("gtzan_rhythm"),
+                  extra={"train_crop_seconds": 10.0}, lr_patience=6, early_stop_patience=20))
 TAGGING = ("roc_auc", "ap")
 _tags = _mean_of(*TAGGING)
 register(TaskSpec("mtt", "multilabel", tuple(range(50)), TAGGING, _tags, _adapter("mtt")))

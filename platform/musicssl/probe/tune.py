@@ -32,8 +32,10 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, Jou
 from optuna.trial import FrozenTrial, TrialState
 
 from musicssl.config import ProbeConfig
+from musicssl.probe.beat import probe_beat
 from musicssl.probe.orphans import claim, fail_orphaned_trials, heartbeat
-from musicssl.probe.run import load_encoder, task_features, task_lr, train_probe
+from musicssl.probe.protocol import task_lr
+from musicssl.probe.run import load_encoder, task_features, train_probe
 from musicssl.probe.tasks import get_task
 from musicssl.tracking.mlflow import MlflowSink, ensure_experiment, log_params, log_tags, start_run
 
@@ -220,8 +222,6 @@ def tune_probe(
         try:
             trial_cfg = probe_config(base, params)
             if task.kind == "beat":
-                from musicssl.probe.beat import probe_beat
-
                 res = probe_beat(encoder, digest, normalize, task, trial_cfg, tolerance=trial_cfg.beat_tolerance,
                                  on_epoch=on_epoch, **sources)
             else:

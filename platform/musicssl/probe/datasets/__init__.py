@@ -5,6 +5,7 @@ from a user-supplied root folder and builds the split the paper / MARBLE v1 uses
 |---------------|----------------------------------------------|-------------------------------------------------------|
 | `mtt`         | mtt                                          | annotations_final.csv, <0-f>/*.mp3                    |
 | `gtzan`       | gtzan_genre                                  | genres/<genre>/*.wav, {train,valid,test}_filtered.txt |
+| `gtzan_rhythm`| gtzan_beat                                   | the GTZAN root + jams/<genre>.000NN.wav.jams          |
 | `giantsteps`  | giantsteps_key                               | giantsteps-mtg-key-dataset/, giantsteps-key-dataset/  |
 | `emomusic`    | emo                                          | clips_45seconds/*.mp3, annotations/*.csv              |
 | `nsynth`      | nsynth_instrument, nsynth_pitch              | nsynth-{train,valid,test}/examples.json + audio/      |
