@@ -24,9 +24,8 @@ def checkpoint(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """A tiny Music2Vec checkpoint after 5 CPU updates on `tiny_corpus` (for probe tests)."""
     import torch
 
-    from musicssl.config import DataConfig, ExperimentConfig, PretrainConfig
+    from musicssl.config import DataConfig, ExperimentConfig, PretrainConfig, tiny
     from musicssl.data.manifest import read_manifest
-    from musicssl.models.presets import tiny
     from musicssl.pretrain.loop import pretrain
 
     torch.set_num_threads(2)

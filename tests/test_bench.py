@@ -7,7 +7,7 @@ import re
 import pytest
 
 from musicssl.bench import bench_extract, bench_model, paired_ratio, train_flops_per_frame
-from musicssl.models.presets import music2vec_base, tiny
+from musicssl.config import music2vec_base, tiny
 
 
 def test_bench_model_reports_both_sides() -> None:

@@ -2,8 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from musicssl.config import ConfigError, ExperimentConfig, load_experiment, parse, parse_overrides
-from musicssl.models.presets import PRESETS, music2vec_base, tiny
+from musicssl.config import (
+    PRESETS,
+    ConfigError,
+    ExperimentConfig,
+    load_experiment,
+    music2vec_base,
+    parse,
+    parse_overrides,
+    tiny,
+)
 
 
 def test_defaults_are_the_published_base_settings() -> None:

@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 
-from musicssl.config import ModelConfig
+from musicssl.config import PRESETS, ModelConfig
 from musicssl.models.convert import export_hf
 from musicssl.models.encoder import SSLEncoder, num_frames
-from musicssl.models.presets import PRESETS
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 

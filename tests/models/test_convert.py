@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from musicssl.config import EncoderConfig
+from musicssl.config import EncoderConfig, tiny, tiny_hubert
 from musicssl.models.convert import export_hf, import_fairseq, import_hf, parse_conv_layers
 from musicssl.models.encoder import SSLEncoder
-from musicssl.models.presets import tiny, tiny_hubert
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from musicssl.config import tiny
 from musicssl.models.encoder import TransformerLayer
 from musicssl.models.masking import compute_mask
 from musicssl.models.music2vec import Music2Vec, TargetCollapseError
-from musicssl.models.presets import tiny
 
 
 @pytest.fixture

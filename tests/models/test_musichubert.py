@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from musicssl.config import musichubert_base, tiny_hubert
 from musicssl.data.audio import read_audio
 from musicssl.data.manifest import read_manifest
 from musicssl.models.musichubert import LabelError, MusicHubert
-from musicssl.models.presets import musichubert_base, tiny_hubert
 
 
 def _model(**hubert: object) -> MusicHubert:

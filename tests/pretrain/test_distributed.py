@@ -97,9 +97,8 @@ def test_two_workers_equal_one_worker_with_the_whole_batch(paradigm: str, tmp_pa
 def _pretrain_worker(rank: int, world: int, port: int, run_dir: Path, manifest_path: Path, die_at: int) -> None:
     """One of `world` gloo workers running the real pretraining loop; rank 0 dies (os._exit, no cleanup) right
     after writing the checkpoint at step `die_at` (0: never), as a crashed node would."""
-    from musicssl.config import DataConfig, PretrainConfig
+    from musicssl.config import DataConfig, PretrainConfig, tiny
     from musicssl.data.manifest import read_manifest
-    from musicssl.models.presets import tiny
     from musicssl.pretrain.loop import pretrain
 
     torch.set_num_threads(1)

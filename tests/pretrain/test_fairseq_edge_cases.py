@@ -11,10 +11,18 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from musicssl.config import ConfigError, DataConfig, ExperimentConfig, PretrainConfig, load_experiment
+from musicssl.config import (
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    PretrainConfig,
+    load_experiment,
+    musichubert_base,
+    tiny,
+    tiny_hubert,
+)
 from musicssl.data.dataset import Batch, DataPosition
 from musicssl.models.musichubert import MusicHubert
-from musicssl.models.presets import musichubert_base, tiny, tiny_hubert
 from musicssl.pretrain.distributed import DistContext
 from musicssl.pretrain.loop import build_model, train_update
 from musicssl.pretrain.optim import build_optimizer

@@ -15,10 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from musicssl.checkpoints import best_checkpoint, latest_checkpoint
-from musicssl.config import DataConfig, ExperimentConfig, PretrainConfig
+from musicssl.config import DataConfig, ExperimentConfig, PretrainConfig, tiny
 from musicssl.data.manifest import Manifest, read_manifest
 from musicssl.models.music2vec import Music2Vec, StepOutput
-from musicssl.models.presets import tiny
 from musicssl.pretrain.loop import NonFiniteLossError, pretrain
 from musicssl.pretrain.optim import lr_at
 

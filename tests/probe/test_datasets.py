@@ -14,11 +14,10 @@ import soundfile as sf
 import torch
 from sklearn.metrics import r2_score
 
-from musicssl.config import ProbeConfig
+from musicssl.config import ProbeConfig, tiny
 from musicssl.data.audio import read_audio
 from musicssl.models.convert import export_hf
 from musicssl.models.encoder import SSLEncoder
-from musicssl.models.presets import tiny
 from musicssl.probe import run
 from musicssl.probe.datasets import emomusic, giantsteps, gtzan, mtg_jamendo, mtt, nsynth, vocalset
 from musicssl.probe.datasets._common import DatasetLayoutError

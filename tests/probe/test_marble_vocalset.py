@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from musicssl.config import tiny
 from musicssl.models.encoder import SSLEncoder
-from musicssl.models.presets import tiny
 from musicssl.probe import features as F
 from musicssl.probe.datasets import vocalset
 from musicssl.probe.tasks import get_task

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from musicssl.config import ProbeConfig
-from musicssl.models.presets import tiny
+from musicssl.config import ProbeConfig, tiny
 from musicssl.probe.run import probe_checkpoint
 
 PROBE = ProbeConfig(tasks=("synth_pitch",), window_seconds=1.5, standardize=True, lr=5e-3, max_epochs=100,

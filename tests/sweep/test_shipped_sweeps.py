@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from musicssl.cli import main
-from musicssl.models.presets import tiny, tiny_hubert
+from musicssl.config import tiny, tiny_hubert
 from musicssl.probe.tasks import TASKS
 from musicssl.sweep.smoke import SMOKE_STEPS
 from musicssl.sweep.spec import Sweep, load_sweep

@@ -23,7 +23,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from musicssl.config import deep_merge, flatten, set_dotted
+from musicssl.config import PRESETS, deep_merge, flatten, set_dotted
 
 SMOKE_STEPS = 60
 SMOKE_CROP = 48000  # 3 s
@@ -173,8 +173,6 @@ def _stand_ins(tasks: list[Any], roots: Mapping[str, Any]) -> list[Any]:
 
 def _model_of(flat: Mapping[str, Any]) -> tuple[str, int]:
     """Paradigm and layer count of the base model (preset, then explicit settings)."""
-    from musicssl.models.presets import PRESETS
-
     preset = flat.get("model.preset")
     cfg = PRESETS[preset]() if isinstance(preset, str) and preset in PRESETS else None
     paradigm = flat.get("model.paradigm") or (cfg.paradigm if cfg else "music2vec")
@@ -183,8 +181,6 @@ def _model_of(flat: Mapping[str, Any]) -> tuple[str, int]:
 
 
 def _preset_paradigm(name: Any) -> str:
-    from musicssl.models.presets import PRESETS
-
     return PRESETS[name]().paradigm if isinstance(name, str) and name in PRESETS else "music2vec"
 
 
