@@ -2,16 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from musicssl.config import (
-    PRESETS,
-    ConfigError,
-    ExperimentConfig,
-    load_experiment,
-    music2vec_base,
-    parse,
-    parse_overrides,
-    tiny,
-)
+from musicssl.config import PRESETS, ExperimentConfig, music2vec_base, tiny
+from musicssl.config_io import ConfigError, load_experiment, parse, parse_overrides
 
 
 def test_defaults_are_the_published_base_settings() -> None:

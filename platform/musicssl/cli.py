@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from musicssl.config import ConfigError
+from musicssl.config_io import ConfigError
 
 if TYPE_CHECKING:
     from musicssl.sweep.spec import Sweep
@@ -130,7 +130,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_corpus(args: argparse.Namespace) -> int:
-    from musicssl.config import SyntheticCorpusConfig, parse, parse_overrides
+    from musicssl.config import SyntheticCorpusConfig
+    from musicssl.config_io import parse, parse_overrides
     from musicssl.data.corpus import generate_corpus
     from musicssl.sweep.tune import default_state_dir
 
@@ -147,7 +148,7 @@ class _PrintSink:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from musicssl.config import load_experiment
+    from musicssl.config_io import load_experiment
     from musicssl.data.manifest import read_manifest
     from musicssl.pretrain.loop import pretrain
     from musicssl.pretrain.prepare import prepare
@@ -176,7 +177,8 @@ def _cmd_data_manifest(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_labels(args: argparse.Namespace) -> int:
-    from musicssl.config import MusicHubertConfig, parse
+    from musicssl.config import MusicHubertConfig
+    from musicssl.config_io import parse
     from musicssl.pretrain.prepare import make_labels
 
     fields = {"num_clusters": args.k, "kmeans_fraction": args.fraction}

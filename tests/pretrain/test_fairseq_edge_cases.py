@@ -11,16 +11,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from musicssl.config import (
-    ConfigError,
-    DataConfig,
-    ExperimentConfig,
-    PretrainConfig,
-    load_experiment,
-    musichubert_base,
-    tiny,
-    tiny_hubert,
-)
+from musicssl.config import DataConfig, ExperimentConfig, PretrainConfig, musichubert_base, tiny, tiny_hubert
+from musicssl.config_io import ConfigError, load_experiment
 from musicssl.data.dataset import Batch, DataPosition
 from musicssl.models.musichubert import MusicHubert
 from musicssl.pretrain.distributed import DistContext

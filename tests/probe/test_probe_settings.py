@@ -12,7 +12,8 @@ import optuna
 import pytest
 
 from musicssl.cli import build_parser, split_task_arguments
-from musicssl.config import ConfigError, ProbeConfig, probe_overrides
+from musicssl.config import ProbeConfig
+from musicssl.config_io import ConfigError, probe_overrides
 from musicssl.probe.run import checkpoint_probe_settings, probe_settings
 from musicssl.probe.tune import add_tune_parser, tune_cli
 from musicssl.sweep.spec import load_sweep, sweep_from_data

@@ -19,7 +19,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from musicssl.config import ConfigError, ProbeConfig
+from musicssl.config import ProbeConfig
+from musicssl.config_io import ConfigError
 from musicssl.probe import orphans
 from musicssl.probe.orphans import ALIVE, OWNER
 from musicssl.probe.tune import add_tune_parser, open_storage, tune_cli, tune_probe

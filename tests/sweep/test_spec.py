@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from musicssl.cli import main
-from musicssl.config import ConfigError
+from musicssl.config_io import ConfigError
 from musicssl.sweep.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[2]

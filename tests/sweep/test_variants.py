@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from musicssl.cli import main
-from musicssl.config import ConfigError
+from musicssl.config_io import ConfigError
 from musicssl.sweep.spec import ProbeScheduleConfig, Sweep, apply_overrides, load_sweep, probe_steps
 
 REPO = Path(__file__).resolve().parents[2]

@@ -88,7 +88,8 @@ def checkpoint_probe_settings(checkpoint: Path) -> dict[str, Any]:
 def probe_settings(checkpoint: Path, overrides: list[str], source: str, tasks: list[str] | None = None
                    ) -> ProbeConfig:
     """The checkpoint's own probe section (a musicssl checkpoint), then `probe.<field>=` overrides, then `tasks`."""
-    from musicssl.config import deep_merge, parse, probe_overrides
+    from musicssl.config import deep_merge
+    from musicssl.config_io import parse, probe_overrides
 
     given = probe_overrides(overrides, source)  # a malformed override fails before the checkpoint is read
     data = deep_merge(checkpoint_probe_settings(checkpoint), given)

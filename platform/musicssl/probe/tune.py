@@ -481,7 +481,8 @@ def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def tune_cli(args: argparse.Namespace) -> int:
     """Run the study of `add_tune_parser`'s arguments and print the best trial."""
-    from musicssl.config import ConfigError, SyntheticCorpusConfig
+    from musicssl.config import SyntheticCorpusConfig
+    from musicssl.config_io import ConfigError
     from musicssl.data.corpus import generate_corpus
     from musicssl.probe.run import probe_settings
     from musicssl.tracking.mlflow import resolve_tracking_uri

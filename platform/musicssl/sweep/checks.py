@@ -279,7 +279,7 @@ def load_checked(path: str | Path, overrides: Iterable[str] = (), *, smoke: bool
     When the file itself has problems, the values they are about are set aside (up to 5 rounds) and the rest of the
     sweep still goes through `check_sweep`, so a typo in one section does not hide a missing dataset root.
     """
-    from musicssl.config import ConfigError
+    from musicssl.config_io import ConfigError
     from musicssl.sweep.spec import read_sweep_data, sweep_from_data, without
 
     data = read_sweep_data(path, overrides, smoke=smoke)
@@ -300,7 +300,7 @@ def _checks_past(data: dict[str, Any], problems: list[str], source: str, smoke: 
     other sections, then `check_sweep`'s."""
     import copy
 
-    from musicssl.config import ConfigError
+    from musicssl.config_io import ConfigError
 
     def where(problem: str) -> str:
         return problem.split(": ", 1)[0]

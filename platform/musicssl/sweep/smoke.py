@@ -23,7 +23,8 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from musicssl.config import PRESETS, deep_merge, flatten, set_dotted
+from musicssl.config import PRESETS, deep_merge
+from musicssl.config_io import flatten, set_dotted
 
 SMOKE_STEPS = 60
 SMOKE_CROP = 48000  # 3 s

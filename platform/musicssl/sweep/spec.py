@@ -32,12 +32,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from musicssl.config import (
+from musicssl.config import ExperimentConfig, ProbeConfig, _Cfg, deep_merge
+from musicssl.config_io import (
     ConfigError,
-    ExperimentConfig,
-    ProbeConfig,
-    _Cfg,
-    deep_merge,
     dotted_paths,
     flatten,
     format_errors,

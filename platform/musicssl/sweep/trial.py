@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 from ray import get_runtime_context, tune
 
 from musicssl.checkpoints import latest_checkpoint
-from musicssl.config import ExperimentConfig, flatten
+from musicssl.config import ExperimentConfig
+from musicssl.config_io import flatten
 from musicssl.data.manifest import read_manifest
 from musicssl.pretrain.loop import pretrain
 from musicssl.sweep.faults import maybe_fail

@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
-from musicssl.config import ConfigError, ExperimentConfig
+from musicssl.config import ExperimentConfig
+from musicssl.config_io import ConfigError
 from musicssl.pretrain.prepare import PreparedData, prepare, prepare_probe_only
 from musicssl.sweep.checks import check_cluster
 from musicssl.sweep.console import Console
