@@ -273,7 +273,7 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
 
 
 def _bench_kmeans(args: argparse.Namespace) -> int:
-    from musicssl.data.kmeans import main as kmeans_bench
+    from musicssl.data.kmeans_bench import main as kmeans_bench
 
     kmeans_bench(["--n", str(args.n), "--repeats", str(args.repeats), "--ks", *map(str, args.ks)])
     return 0

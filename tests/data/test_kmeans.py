@@ -15,9 +15,9 @@ from musicssl.data.kmeans import (
     fit_kmeans,
     inertia,
     load_centroids,
-    mfcc_like_frames,
     save_centroids,
 )
+from musicssl.data.kmeans_bench import mfcc_like_frames
 
 
 def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,3 +154,16 @@ def test_tf32_set_elsewhere_is_off_inside_and_restored_after() -> None:
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision("highest")
+
+
+def test_kmeans_benchmark_reports_both_sides_on_the_same_frames() -> None:
+    from musicssl.data.kmeans_bench import bench_kmeans
+
+    (row,) = bench_kmeans(n=3000, d=6, ks=(8,), ref_n_init=1, repeats=2, device="cpu")
+    assert (row["k"], row["n"], row["d"], row["repeats"]) == (8, 3000, 6, 2)
+    assert len(row["ref_times_s"]) == len(row["our_times_s"]) == 2
+    assert row["speedup"] == pytest.approx(
+        (row["ref_fit_s"] + row["ref_predict_s"]) / (row["our_fit_s"] + row["our_assign_s"]))
+    # both fits land on clusterings of similar quality on these frames (inertias computed the same way)
+    assert row["inertia_ratio"] == pytest.approx(row["our_inertia"] / row["ref_inertia"])
+    assert 0.7 < row["inertia_ratio"] < 1.3
