@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from musicssl.data.audio import read_audio, write_wav
+from musicssl.data.feature_shards import FeatureShard, dump_features
 from musicssl.data.kmeans import assign, load_centroids
 from musicssl.data.labels import (
-    FeatureShard,
     LabelError,
     check_labels,
-    dump_features,
     dump_labels,
     learn_kmeans,
     read_labels,

@@ -116,7 +116,8 @@ def labels_key(manifest: Path, cfg: MusicHubertConfig) -> str:
 def make_labels(manifest: Path, cfg: MusicHubertConfig, root: Path, *, seed: int = 0,
                 echo: Callable[[str], object] = print) -> Path:
     """Features -> k-means -> fairseq labels for every row of `manifest`; returns the `.km` path (cached)."""
-    from musicssl.data.labels import dump_features, dump_labels, learn_kmeans
+    from musicssl.data.feature_shards import dump_features
+    from musicssl.data.labels import dump_labels, learn_kmeans
 
     out = root / f"{cfg.label_source}-k{cfg.num_clusters}-{labels_key(manifest, cfg)}"
     km = out / "train.km"
