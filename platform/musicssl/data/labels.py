@@ -3,11 +3,8 @@
 The stages mirror `fairseq/examples/hubert/simple_kmeans/` and write the same files, with any featurizer
 (MFCC for iteration 1, a model layer for iteration 2):
 
-1. `dump_features` (`data/feature_shards.py`): `{split}_{rank}_{nshard}.npy` (all frames of the shard, concatenated, float32) and
-   `.len` (frames per utterance, one per line), for the manifest rows `round(N/nshard*rank)` onwards.
-   Written incrementally and resumable: `.partial` files grow one utterance at a time and a rerun
-   truncates them to the last complete utterance and goes on; the `.json` beside them is written last and
-   marks the shard complete, so a complete shard is skipped.
+1. `dump_features` (`data/feature_shards.py`): `{split}_{rank}_{nshard}.npy` (all frames of the shard,
+   concatenated, float32) and `.len` (frames per utterance), resumable, a complete shard skipped.
 2. `learn_kmeans`: samples whole utterances (`percent`, as fairseq) and calls `fit_kmeans`; centroids are
    saved as `.npy`. Fit once and label every split with the same centroids (fairseq #4312).
 3. `dump_labels`: `{split}.km` (one line of space-separated cluster ids per manifest row) and
