@@ -13,7 +13,7 @@ import torch
 from musicssl.config import ProbeConfig
 from musicssl.data.audio import SAMPLE_RATE, write_wav
 from musicssl.data.corpus import load_labels, probe_task_dir
-from musicssl.probe.beat import beat_f_measure, beat_targets, decode_beats
+from musicssl.probe.beat_decoding import beat_f_measure, beat_targets, decode_beats
 from musicssl.probe.datasets.gtzan_rhythm import read_jams_beats
 from musicssl.probe.run import probe_checkpoint
 from musicssl.probe.tasks import get_task
