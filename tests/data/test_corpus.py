@@ -12,6 +12,7 @@ import pytest
 
 from musicssl.config import SyntheticCorpusConfig
 from musicssl.data import corpus as C
+from musicssl.data import synth as S
 from musicssl.data.audio import SAMPLE_RATE, read_audio
 from musicssl.data.manifest import read_manifest
 
@@ -142,11 +143,11 @@ def test_registry_and_label_files(small_corpus, tmp_path):
 def test_key_labels_cover_24_keys_with_stratified_splits():
     labels = [C.synth_key(C.item_rng(0, "synth_key", i), i, 0.3)[1] for i in range(240)]
     assert (
-        Counter(labels) == {key: 10 for key in C.KEY_NAMES} and "F# major" in labels and "A# minor" in labels
+        Counter(labels) == {key: 10 for key in S.KEY_NAMES} and "F# major" in labels and "A# minor" in labels
     )
     splits = C.assign_splits(labels)
     assert Counter(splits) == {"train": 168, "valid": 36, "test": 36}
-    for key in C.KEY_NAMES:
+    for key in S.KEY_NAMES:
         counts = Counter(s for s, k in zip(splits, labels, strict=True) if k == key)
         assert counts["train"] == 7 and counts["valid"] + counts["test"] == 3 and min(counts.values()) >= 1
     assert Counter(C.assign_splits([0.5] * 20)) == {"train": 14, "valid": 3, "test": 3}
@@ -170,8 +171,8 @@ def test_key_clip_chroma_matches_its_key_profile():
         band = (freqs > 60) & (freqs < 2000)
         chroma = np.bincount(np.round(69 + 12 * np.log2(freqs[band] / 440)).astype(int) % 12, mag[band], 12)
         best = int(np.argmax([np.corrcoef(chroma, p)[0, 1] for p in profiles]))
-        hits += C.KEY_NAMES[best] == label
-        shifted += C.KEY_NAMES[(best + 1) % 12 + 12 * (best >= 12)] == label
+        hits += S.KEY_NAMES[best] == label
+        shifted += S.KEY_NAMES[(best + 1) % 12 + 12 * (best >= 12)] == label
     assert hits / 96 >= 0.8 and shifted / 96 < 0.1
 
 
@@ -188,7 +189,7 @@ def test_beat_times_are_drum_onsets():
     for audio, times in _clips("synth_beat", 40, 2.0):
         assert times == sorted(times) and all(0 <= t < 2.0 for t in times) and len(times) >= 2
         gaps = np.diff(times)
-        assert 60 / gaps.mean() == pytest.approx(np.clip(60 / gaps.mean(), *C.TEMPO_RANGE), abs=0.1)
+        assert 60 / gaps.mean() == pytest.approx(np.clip(60 / gaps.mean(), *S.TEMPO_RANGE), abs=0.1)
         assert np.ptp(gaps) < 2e-4  # evenly spaced: one tempo per clip
         on += [_jump(audio, t) for t in times]
         off += [_jump(audio, t + gaps.mean() * s) for t in times for s in (0.25, -0.25, 0.5)]
@@ -199,7 +200,7 @@ def test_beat_times_are_drum_onsets():
 def test_tempo_label_is_the_onset_period():
     agree = 0
     for audio, tempo in _clips("synth_tempo", 30, 4.0):
-        assert C.TEMPO_RANGE[0] <= tempo <= C.TEMPO_RANGE[1] and tempo == round(tempo, 2)
+        assert S.TEMPO_RANGE[0] <= tempo <= S.TEMPO_RANGE[1] and tempo == round(tempo, 2)
         hop = 80
         energy = np.log(np.sum(audio[: len(audio) // hop * hop].reshape(-1, hop) ** 2, axis=1) + 1e-8)
         onset = np.maximum(np.diff(energy), 0)
@@ -212,7 +213,7 @@ def test_tempo_label_is_the_onset_period():
 
 
 def test_tags_and_instrument_labels():
-    drums = C.TAG_NAMES.index("drums")
+    drums = S.TAG_NAMES.index("drums")
     for audio, tags in _clips("synth_tags", 60, 1.0):
         assert tags == sorted(set(tags)) and 1 <= len([t for t in tags if t != drums]) <= 3
         freqs, mag = _spectrum(audio)
@@ -221,20 +222,20 @@ def test_tags_and_instrument_labels():
         noisy = np.median(band) / band.mean() > 0.1 and band.sum() / power.sum() > 1e-3  # hi-hat noise
         assert noisy == (drums in tags)
     assert [label for _, label in _clips("synth_instrument", 12, 0.5)] == [
-        i % len(C.TIMBRES) for i in range(12)
+        i % len(S.TIMBRES) for i in range(12)
     ]
 
 
 def test_timbres_differ_in_harmonic_spectrum():
     def harmonic_levels(name: str) -> np.ndarray:
-        timbre = C.TIMBRES[C.TIMBRE_NAMES.index(name)]
-        steady = C.render_note(timbre, 57, 1.0)[4800:12800]  # 0.3..0.8 s of A3: 110 periods of 220 Hz
+        timbre = S.TIMBRES[S.TIMBRE_NAMES.index(name)]
+        steady = S.render_note(timbre, 57, 1.0)[4800:12800]  # 0.3..0.8 s of A3: 110 periods of 220 Hz
         freqs, mag = _spectrum(steady, window=False)
         return np.array([mag[np.argmin(np.abs(freqs - 220 * k))] for k in (1, 2, 3, 4)]) / mag.max()
 
-    assert C.midi_to_hz(69) == 440.0 and C.midi_to_hz(60) == pytest.approx(261.626, abs=1e-3)
+    assert S.midi_to_hz(69) == 440.0 and S.midi_to_hz(60) == pytest.approx(261.626, abs=1e-3)
     string, clarinet = harmonic_levels("string"), harmonic_levels("clarinet")
     np.testing.assert_allclose(string, [1, 1 / 2, 1 / 3, 1 / 4], atol=0.03)  # sawtooth: 1/n
     assert clarinet[1] < 0.01 and clarinet[3] < 0.01 and clarinet[2] == pytest.approx(1 / 3, abs=0.03)
-    pluck = C.render_note(C.TIMBRES[C.TIMBRE_NAMES.index("pluck")], 57, 1.0)
+    pluck = S.render_note(S.TIMBRES[S.TIMBRE_NAMES.index("pluck")], 57, 1.0)
     assert np.abs(pluck[-1600:]).max() < 0.05 * np.abs(pluck).max()  # fast exponential decay

@@ -15,7 +15,7 @@ import torch
 from musicssl.config import ProbeConfig
 from musicssl.data import realmusic as R
 from musicssl.data.audio import SAMPLE_RATE, read_audio
-from musicssl.data.corpus import KEY_NAMES
+from musicssl.data.synth import KEY_NAMES
 from musicssl.probe.features import Features
 from musicssl.probe.run import train_probe
 from musicssl.probe.tasks import KEYS, SPLITS, get_task

@@ -38,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from musicssl.data.audio import SAMPLE_RATE, write_wav
-from musicssl.data.corpus import KEY_NAMES, assign_splits, build_once, finish, item_rng
+from musicssl.data.corpus import assign_splits, build_once, item_rng
+from musicssl.data.synth import KEY_NAMES, finish
 
 REALMUSIC_VERSION = 1
 """Bumped whenever the builder's output changes, so that stale caches are not reused."""

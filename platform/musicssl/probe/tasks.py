@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from musicssl.data.corpus import TAG_NAMES, TIMBRE_NAMES
 from musicssl.data.realmusic import COMPOSERS as REALMUSIC_COMPOSERS
+from musicssl.data.synth import TAG_NAMES, TIMBRE_NAMES
 from musicssl.probe import metrics as M
 
 Kind = Literal["multiclass", "multilabel", "regression", "beat"]
