@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["probe", "tune"]:  # `musicssl probe tune CHECKPOINT ...`: its own parser
-        from musicssl.probe.tune import add_tune_parser
+        from musicssl.probe.tune_cli import add_tune_parser
 
         parser = argparse.ArgumentParser(prog="musicssl probe")
         add_tune_parser(parser.add_subparsers(dest="probe_command", required=True))

@@ -24,7 +24,8 @@ import pytest
 import torch
 
 from musicssl.config import ProbeConfig
-from musicssl.probe.tune import dashboard_command, tune_probe
+from musicssl.probe.tune import tune_probe
+from musicssl.probe.tune_cli import dashboard_command
 
 pytest.importorskip("optuna_dashboard", reason="the `dashboard` extra: pip install -e '.[dashboard]'")
 

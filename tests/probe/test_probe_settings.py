@@ -15,7 +15,7 @@ from musicssl.cli import build_parser, split_task_arguments
 from musicssl.config import ProbeConfig
 from musicssl.config_io import ConfigError, probe_overrides
 from musicssl.probe.run import checkpoint_probe_settings, probe_settings
-from musicssl.probe.tune import add_tune_parser, tune_cli
+from musicssl.probe.tune_cli import add_tune_parser, tune_cli
 from musicssl.sweep.spec import load_sweep, sweep_from_data
 
 REPO = Path(__file__).resolve().parents[2]

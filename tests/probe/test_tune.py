@@ -23,7 +23,8 @@ from musicssl.config import ProbeConfig
 from musicssl.config_io import ConfigError
 from musicssl.probe import orphans
 from musicssl.probe.orphans import ALIVE, OWNER
-from musicssl.probe.tune import add_tune_parser, open_storage, tune_cli, tune_probe
+from musicssl.probe.tune import open_storage, tune_probe
+from musicssl.probe.tune_cli import add_tune_parser, tune_cli
 from musicssl.tracking.mlflow import sqlite_uri
 
 BASE = ProbeConfig(
