@@ -8,7 +8,8 @@ import pytest
 
 from musicssl.cli import main
 from musicssl.config_io import ConfigError
-from musicssl.sweep.spec import ProbeScheduleConfig, Sweep, apply_overrides, load_sweep, probe_steps
+from musicssl.sweep.schema import ProbeScheduleConfig
+from musicssl.sweep.spec import Sweep, apply_overrides, load_sweep, probe_steps
 
 REPO = Path(__file__).resolve().parents[2]
 

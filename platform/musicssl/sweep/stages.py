@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from musicssl.sweep.spec import LabelModelRef, Trial
+    from musicssl.sweep.schema import LabelModelRef
+    from musicssl.sweep.spec import Trial
 
 
 def sweep_record(state_dir: Path, name: str) -> Path:
