@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,7 +304,7 @@ def bench_probe(checkpoint: Path, tasks: tuple[str, ...], corpus: Path, cache_di
 
 
 def bench_standardize(checkpoints: list[Path], tasks: tuple[str, ...], corpus: Path, cache_dir: Path,
-                      overrides: list[str] = ()) -> list[dict[str, Any]]:
+                      overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Test scores of `tasks` on each checkpoint with `probe.standardize` off and on (everything else from the
     checkpoint's own probe section and `overrides`): the measurement behind the default."""
     from musicssl.probe.run import probe_checkpoint, probe_settings

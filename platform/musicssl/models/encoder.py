@@ -85,6 +85,7 @@ def positional_conv(cfg: EncoderConfig) -> nn.Sequential:
         k = cfg.conv_pos
         conv = nn.Conv1d(dim, dim, k, padding=k // 2, groups=groups)
         nn.init.normal_(conv.weight, mean=0.0, std=(4.0 / (k * dim)) ** 0.5)
+        assert conv.bias is not None  # Conv1d has a bias unless told otherwise
         nn.init.constant_(conv.bias, 0.0)
         conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         return nn.Sequential(conv, SamePad(k), nn.GELU())

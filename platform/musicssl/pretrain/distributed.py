@@ -45,14 +45,16 @@ class DistContext:
     def all_reduce_grads(self, params: list[nn.Parameter], scalars: torch.Tensor) -> torch.Tensor:
         """Sum every parameter's gradient (missing ones count as zero) and `scalars` (a 1-d tensor on the
         parameters' device) over all ranks, in place; returns the summed scalars (on the device: nothing is read)."""
+        grads = []
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params] + [scalars.to(params[0].grad.dtype)])
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads] + [scalars.to(grads[0].dtype)])
         torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
         offset = 0
-        for p in params:
+        for p, g in zip(params, grads, strict=True):
             n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p))
+            g.copy_(flat[offset:offset + n].view_as(p))
             offset += n
         return flat[offset:]

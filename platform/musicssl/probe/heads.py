@@ -20,6 +20,9 @@ def select_states(num_states: int, layers: str | int) -> list[int]:
 class LayerWeightedMLP(nn.Module):
     """(B, S, D) stacked states -> weighted sum over S (softmax weights, zero init) -> MLP -> (B, n_out)."""
 
+    states: Tensor
+    """(S,) the hidden-state indices read (a non-persistent buffer)."""
+
     def __init__(self, states: list[int], dim: int, hidden: int, n_out: int, dropout: float) -> None:
         super().__init__()
         self.register_buffer("states", torch.tensor(states), persistent=False)
@@ -29,7 +32,8 @@ class LayerWeightedMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         w = torch.softmax(self.layer_weights, 0)  # (S,)
         pooled = torch.einsum("bsd,s->bd", x[:, self.states], w)  # (B, D)
-        return self.mlp(pooled)
+        out: Tensor = self.mlp(pooled)
+        return out
 
     def weights_by_state(self) -> dict[int, float]:
         """The softmax layer weights, keyed by the hidden-state index each one weighs."""

@@ -177,7 +177,8 @@ def tune_probe(
     orphaned = fail_orphaned_trials(opened, name, tracking_uri)  # trials of killed processes (probe/orphans.py)
     for number, why in orphaned:
         log.warning("study %s: trial %d marked FAIL: %s", name, number, why)
-    sources = {"synthetic_root": synthetic_root, "cache_dir": cache_dir, "data_roots": data_roots, "device": device}
+    sources: dict[str, Any] = {"synthetic_root": synthetic_root, "cache_dir": cache_dir, "data_roots": data_roots,
+                               "device": device}
     if task.kind == "beat":  # frame-level: probe_beat extracts (once, cached) inside each trial
         num_states = encoder.cfg.num_layers + 1
     else:

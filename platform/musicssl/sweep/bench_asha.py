@@ -76,7 +76,8 @@ def summarize(uri: str, parent_run_id: str) -> dict[str, Any]:
     parent = client.get_run(parent_run_id)
     trials = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                 max_results=1000)
-    trial_cpu_s, probe_cpu_s, scores, stopped = 0.0, 0.0, {}, 0
+    trial_cpu_s, probe_cpu_s, stopped = 0.0, 0.0, 0
+    scores: dict[str, list[float]] = {}  # variant -> each trial's best probe average
     for t in trials:
         trial_cpu_s += (t.info.end_time - t.info.start_time) / 1000  # 1 CPU per trial and per probe job here
         stopped += t.info.status == "KILLED"
@@ -114,7 +115,8 @@ def step_rate_beside_probes(uri: str, parent_run_id: str) -> dict[str, float]:
     for t in trials:
         probes = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{t.info.run_id}'", max_results=1000)
         spans += [(p.info.start_time, p.info.end_time) for p in probes if p.info.end_time]
-    beside, alone = [], []
+    beside: list[float] = []
+    alone: list[float] = []
     for t in trials:
         for h in client.get_metric_history(t.info.run_id, "pretrain/frames_per_s"):
             (beside if any(a <= h.timestamp <= b for a, b in spans) else alone).append(h.value)

@@ -86,7 +86,8 @@ def shrink(data: Mapping[str, Any], source: str = "", roots: Mapping[str, Any] |
         if "grace_steps" in sched:
             sched["grace_steps"] = max(1, round(_int(sched["grace_steps"], 1) * SMOKE_STEPS / max(steps_in, 1)))
         out["scheduler"] = sched
-    resources = out.get("resources") if isinstance(out.get("resources"), Mapping) else {}
+    raw_resources = out.get("resources")
+    resources: Mapping[str, Any] = raw_resources if isinstance(raw_resources, Mapping) else {}
     out["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0, "workers_per_trial": 1,
                         "max_concurrent_trials": resources.get("max_concurrent_trials")}
     if isinstance(out.get("label_model"), Mapping):

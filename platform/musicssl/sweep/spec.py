@@ -147,8 +147,10 @@ def probe_settings_into_base(data: dict[str, Any]) -> list[str]:
     moved = {k: section.pop(k) for k in list(section) if is_probe_setting(k)}
     if not moved:
         return []
-    base = data.get("base") if isinstance(data.get("base"), dict) else {}
-    given = base.get("probe") if isinstance(base.get("probe"), dict) else {}
+    raw_base = data.get("base")
+    base: dict[str, Any] = raw_base if isinstance(raw_base, dict) else {}
+    raw_probe = base.get("probe")
+    given: dict[str, Any] = raw_probe if isinstance(raw_probe, dict) else {}
     problems = [f"probe.{k}: set to {v!r} here and to {given[k]!r} in base.probe.{k}; keep one"
                 for k, v in moved.items() if k in given and given[k] != v]
     data["base"] = {**base, "probe": {**given, **moved}}
@@ -335,7 +337,9 @@ def expand(cfg: SweepConfig, source: str) -> list[Trial]:
     short = {k: k.rsplit(".", 1)[-1] for k in keys}
     if len(set(short.values())) < len(keys):
         short = {k: k for k in keys}
-    problems, trials, cells = [], [], {}
+    problems: list[str] = []
+    trials: list[Trial] = []
+    cells: dict[str, str] = {}  # config hash -> the label that first gave it
     for vname, changes in variants.items():
         for combo in itertools.product(*(cfg.grid[k] for k in keys)):
             data = cfg.base

@@ -66,7 +66,8 @@ def sweep_status(sweep: Sweep, state_dir: Path) -> tuple[str, list[TrialStatus]]
         failed_jobs = len(failure_records(trials_dir, trial.key))
         tags = run.data.tags if run is not None else {}
         attempts = int(tags.get("musicssl.failures", 1 if "musicssl.error" in tags else 0))
-        error = (f"{attempts} failed attempt(s){' (retried)' if run.info.status != 'FAILED' else ''}, last: "
+        retried = run is not None and run.info.status != "FAILED"
+        error = (f"{attempts} failed attempt(s){' (retried)' if retried else ''}, last: "
                  f"{tags['musicssl.error'][:120]}" if "musicssl.error" in tags else "")
         failures = "; ".join(x for x in (error, f"{failed_jobs} probe job(s) failed" if failed_jobs else "") if x)
         rows.append(TrialStatus(trial.key, trial.variant, trial.seed, _state(run), step,

@@ -180,7 +180,8 @@ def _pretrain_ray_train(exp: ExperimentConfig, run_dir: Path, ctx: dict[str, Any
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
                                                resources_per_worker={"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}),
         run_config=ray.train.RunConfig(name=f"train-{key}", storage_path=str(run_dir / "ray_train"),
-                                       callbacks=[TuneReportCallback()],  # the workers' reports reach Tune
+                                       # the workers' reports reach Tune (Ray types its Tune callbacks apart)
+                                       callbacks=[TuneReportCallback()],  # type: ignore[list-item]
                                        failure_config=ray.train.FailureConfig(max_failures=ctx.get("max_failures", 0))),
     )
     trainer.fit()

@@ -156,7 +156,8 @@ def run_sweep(sweep: Sweep, state_dir: Path, *, report_path: Path | None = None,
     #    this sweep are submitted again
     queue_name = f"musicssl-probes-{parent_id[:12]}"
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    queue = ProbeQueue.options(name=queue_name, get_if_exists=True, scheduling_strategy=here).remote(
+    queue = ProbeQueue.options(  # type: ignore[attr-defined]  # a @ray.remote actor class
+        name=queue_name, get_if_exists=True, scheduling_strategy=here).remote(
         cfg.probe.max_concurrent, cfg.probe.cpus, cfg.probe.gpus, cfg.probe.max_retries)
     trials_dir = folder / "trials"
     leftover = pending_jobs(trials_dir, include_failed=mode == "rerun-failed")
@@ -300,7 +301,7 @@ def _close_stopped_trials(client: MlflowClient, experiment_id: str, parent_id: s
         info = trials[r.config["trial"]]
         run_id = find_child_run(client, experiment_id, parent_id, info["key"])
         run = client.get_run(run_id) if run_id is not None else None
-        if r.error is None and run is not None and (run.info.status == "RUNNING" or (
+        if r.error is None and run is not None and run_id is not None and (run.info.status == "RUNNING" or (
                 run.info.status == "KILLED" and not {"musicssl.stopped_early", INTERRUPTED_TAG} & set(run.data.tags))):
             step = (r.metrics or {}).get("step", 0)
             log_tags(client, run_id, {"musicssl.stopped_early": step})
