@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from importlib import resources
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from musicssl.config_io import ConfigError
+from musicssl.paths import default_report, default_state_dir
 
 if TYPE_CHECKING:
     from musicssl.sweep.spec import Sweep
@@ -42,7 +42,7 @@ def _sweep_status(file: str, overrides: list[str], smoke: bool, state_dir: Path)
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from musicssl.sweep.checks import load_checked
-    from musicssl.sweep.tune import default_state_dir, run_sweep
+    from musicssl.sweep.tune import run_sweep
 
     state_dir = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
     if args.file == "status" and args.overrides and not Path("status").exists():  # `musicssl sweep status FILE`
@@ -91,14 +91,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result.errors or result.probe_failures else 0
 
 
-def default_report(name: str, state_dir: Path) -> Path:
-    """`dashboards/<name>.html` in a checkout; under `ray job submit` (a temporary copy of the working directory)
-    the state folder's `dashboards/`, so the report outlives the job."""
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or not Path("dashboards").is_dir():  # set for `ray job submit`
-        return state_dir / "dashboards" / f"{name}.html"
-    return Path("dashboards") / f"{name}.html"
-
-
 def describe(sweep: Sweep) -> str:
     """What `--check` prints: the trials, their variants and the probe schedule."""
     cfg = sweep.cfg
@@ -133,7 +125,6 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     from musicssl.config import SyntheticCorpusConfig
     from musicssl.config_io import parse, parse_overrides
     from musicssl.data.corpus import generate_corpus
-    from musicssl.sweep.tune import default_state_dir
 
     cfg = parse(SyntheticCorpusConfig, parse_overrides(args.overrides), "musicssl corpus")
     root = Path(args.out) if args.out else default_state_dir() / "corpus"
@@ -152,7 +143,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from musicssl.data.manifest import read_manifest
     from musicssl.pretrain.loop import pretrain
     from musicssl.pretrain.prepare import prepare
-    from musicssl.sweep.tune import default_state_dir
 
     if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides, args.config = [args.config, *args.overrides], None
@@ -202,7 +192,6 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from musicssl.data.corpus import generate_corpus
     from musicssl.probe.run import probe_checkpoint, probe_settings
     from musicssl.probe.tasks import TASKS
-    from musicssl.sweep.tune import default_state_dir
 
     tasks, extra = split_task_arguments(args.tasks or [])
     if args.checkpoint is None:  # `--tasks a b CHECKPOINT`: the last name that is no task is the checkpoint
@@ -293,7 +282,6 @@ def _cmd_bench_probe(args: argparse.Namespace) -> int:
     from musicssl.bench import bench_probe
     from musicssl.config import SyntheticCorpusConfig
     from musicssl.data.corpus import generate_corpus
-    from musicssl.sweep.tune import default_state_dir
 
     state = default_state_dir()
     corpus = generate_corpus(SyntheticCorpusConfig(), state / "corpus")
@@ -310,7 +298,6 @@ def _cmd_bench_standardize(args: argparse.Namespace) -> int:
     from musicssl.bench import bench_standardize
     from musicssl.config import SyntheticCorpusConfig
     from musicssl.data.corpus import generate_corpus
-    from musicssl.sweep.tune import default_state_dir
 
     state = default_state_dir()
     corpus = generate_corpus(SyntheticCorpusConfig(), state / "corpus")

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from musicssl.paths import default_report, default_state_dir
+
 FORMATS = ("html", "csv", "latex")
 SUFFIX = {"html": ".html", "csv": ".csv", "latex": ".tex"}
 SUMMARY_HELP = "last (the last probed checkpoint), best (each task's best checkpoint) or step:N (the checkpoint at N)"
@@ -32,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tracking_uri(explicit: str | None) -> str:
     """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI`` (as the sweep itself), else the state folder's sqlite DB."""
-    from musicssl.sweep.tune import default_state_dir
     from musicssl.tracking.mlflow import resolve_tracking_uri
 
     return resolve_tracking_uri(explicit, default_state_dir())
@@ -46,10 +47,8 @@ def run(args: argparse.Namespace) -> int:
     """Build once, or keep rebuilding with ``--live``; exit 2 with a one-line message on a bad argument."""
     from mlflow import MlflowClient
 
-    from musicssl.cli import default_report
     from musicssl.dashboards.report import build_report, resolve_parent
     from musicssl.dashboards.summary import Summary
-    from musicssl.sweep.tune import default_state_dir
 
     try:
         summary = Summary.parse(args.summary)

@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from musicssl.paths import default_state_dir
 from musicssl.probe.tasks import get_task
 from musicssl.probe.tune import JOURNAL_SUFFIXES, tune_probe
 
@@ -84,12 +85,7 @@ def tune_cli(args: argparse.Namespace) -> int:
         problems.append(f"--task: {exc.args[0]}")
     if problems:
         raise ConfigError("musicssl probe tune", problems)
-    if args.state_dir:
-        state = Path(args.state_dir).resolve()
-    else:
-        from musicssl.sweep.tune import default_state_dir
-
-        state = default_state_dir()
+    state = Path(args.state_dir).resolve() if args.state_dir else default_state_dir()
     corpus = None
     if task.synthetic:
         corpus = (

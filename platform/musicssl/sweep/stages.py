@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from musicssl.paths import default_state_dir
+
 if TYPE_CHECKING:
     from musicssl.sweep.schema import LabelModelRef
     from musicssl.sweep.spec import Trial
@@ -36,7 +38,6 @@ def write_trial_index(folder: Path, trials: list[Trial]) -> None:
 
 def resolve_label_model(ref: LabelModelRef, state_dir: Path | None) -> str:
     """The checkpoint folder `ref` names, or a problem line starting with `label_model` that says what to do."""
-    from musicssl.sweep.tune import default_state_dir
 
     state_dir = state_dir or default_state_dir()
     record = sweep_record(state_dir, ref.sweep)

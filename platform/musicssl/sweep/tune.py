@@ -68,11 +68,6 @@ class SweepResult:
     """Set when the sweep had run to its end before and nothing was run (``auto`` mode)."""
 
 
-def default_state_dir() -> Path:
-    """Project-local state folder: $MUSICSSL_HOME or ./.musicssl."""
-    return Path(os.environ.get("MUSICSSL_HOME", ".musicssl")).resolve()
-
-
 def run_sweep(sweep: Sweep, state_dir: Path, *, report_path: Path | None = None, num_cpus: int | None = None,
               echo: Any = print, mode: str = "auto") -> SweepResult:
     """Run every trial of a checked `sweep` and its probe jobs and write the report.
