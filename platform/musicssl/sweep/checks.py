@@ -216,7 +216,8 @@ def _check_data(exp: ExperimentConfig, where: Callable[[str], str]) -> list[str]
 
 
 def _check_schedule(sweep: Sweep) -> list[str]:
-    cfg, problems = sweep.cfg, list[str]()
+    cfg = sweep.cfg
+    problems: list[str] = []
     trials = [t for t in sweep.trials if t.checkpoint is None]
     if not trials:
         return problems
@@ -305,7 +306,8 @@ def _checks_past(data: dict[str, Any], problems: list[str], source: str, smoke: 
     def where(problem: str) -> str:
         return problem.split(": ", 1)[0]
 
-    reduced, found, said = copy.deepcopy(data), list[str](), {where(p) for p in problems}
+    reduced, said = copy.deepcopy(data), {where(p) for p in problems}
+    found: list[str] = []
     for _ in range(5):
         if not [p for p in problems if without(reduced, p)]:
             break
